@@ -6,7 +6,7 @@
 from __future__ import annotations
 import io, json, os, time, uuid, warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -266,7 +266,7 @@ class DicomImage:
 def _first_frame(arr:np.ndarray, ds:pydicom.Dataset)->np.ndarray:
     "One greyscale frame from whatever pydicom decoded (multi-frame or colour files)."
     if int(ds.get('NumberOfFrames', 1) or 1) > 1: arr = arr[0]
-    if arr.ndim == 3: arr = cv2.cvtColor(arr.astype(np.uint8) if arr.dtype != np.uint16 else arr, cv2.COLOR_RGB2GRAY)
+    if arr.ndim == 3: arr = cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY)   # pydicom gives colour as RGB
     return arr
 
 def _decode(path, ds:pydicom.Dataset)->np.ndarray:

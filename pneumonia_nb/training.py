@@ -4,9 +4,9 @@
 
 # %% ../nbs/04_training.ipynb #c823c483
 from __future__ import annotations
-import json, logging, math, os, time, warnings
+import json, logging, time, warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

@@ -16,6 +16,13 @@ import torch.nn.functional as F
 import pytorch_lightning as pl
 import kornia.augmentation as K
 from fastcore.basics import patch
+
+# %% auto #0
+__all__ = ['cpu_transforms', 'load_images', 'CacheDataset', 'GpuNormalize', 'gpu_augment', 'DeviceBatchLoader',
+           'PneumoniaDataModule', 'folder_dataset']
+
+# %% ../nbs/03_dataset.ipynb #6a0626f7
+from .config import AugmentConfig, normalise
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.datasets import DatasetFolder
 from torchvision.transforms import v2, InterpolationMode
@@ -23,29 +30,6 @@ with warnings.catch_warnings():  # in a notebook without ipywidgets tqdm.auto wa
     warnings.simplefilter('ignore'); from tqdm.auto import tqdm
 
 from .preprocessing import load_manifest, load_stats
-
-# %% auto #0
-__all__ = ['AugmentConfig', 'cpu_transforms', 'load_images', 'CacheDataset', 'GpuNormalize', 'gpu_augment', 'DeviceBatchLoader',
-           'PneumoniaDataModule', 'folder_dataset']
-
-# %% ../nbs/03_dataset.ipynb #bcb54bea
-@dataclass
-class AugmentConfig:
-    "Training augmentation: a random affine, then a random resized crop, then an optional horizontal flip."
-    degrees:float=5.0 # rotation drawn uniformly in ±degrees
-    translate:float|tuple=0.05 # a number t is the original's `translate=(0, t)`: vertical shifts only; or (horizontal, vertical)
-    scale:tuple=(0.9, 1.1) # zoom of the affine, drawn uniformly
-    crop_scale:tuple=(0.35, 1.0) # area of the random crop as a fraction of the image, drawn uniformly
-    crop_ratio:tuple=(3/4, 4/3) # aspect ratio (width/height) of the crop, drawn log-uniformly
-    hflip:float=0.0 # probability of a horizontal flip
-    enabled:bool=True # False: no augmentation at all
-    interpolation:str='nearest' # resampling of the affine: 'nearest' (torchvision's default, as in the original) or 'bilinear'
-
-    @property
-    def translate_xy(self)->tuple:
-        "(horizontal, vertical) maximum shift, as fractions of the width and height."
-        t = self.translate
-        return (0.0, float(t)) if isinstance(t, (int, float)) else (float(t[0]), float(t[1]))
 
 # %% ../nbs/03_dataset.ipynb #a768adc8
 _INTERP = {'nearest': InterpolationMode.NEAREST, 'bilinear': InterpolationMode.BILINEAR}
@@ -119,7 +103,7 @@ class GpuNormalize(nn.Module):
     def forward(self, x:torch.Tensor)->torch.Tensor:
         if x.ndim == 3: x = x[:, None]
         if x.dtype != torch.uint8: return x
-        return x.float().sub_(255 * self.mean).div_(255 * self.std)
+        return normalise(x, self.mean, self.std)
     def extra_repr(self): return f'mean={self.mean:.4f}, std={self.std:.4f}'
 
 def _gpu_affine(aug:AugmentConfig)->nn.Module:

@@ -19,11 +19,11 @@ from torchmetrics.classification import (BinaryAccuracy, BinaryPrecision, Binary
                                          BinaryF1Score, BinaryAUROC, BinaryAveragePrecision)
 
 # %% auto #0
-__all__ = ['BACKBONES', 'build_backbone', 'FocalLoss', 'PneumoniaClassifier', 'CheckpointError', 'load_checkpoint',
-           'load_classifier', 'update_contract']
+__all__ = ['build_backbone', 'FocalLoss', 'PneumoniaClassifier', 'load_checkpoint', 'load_classifier', 'save_classifier']
 
-# %% ../nbs/04_model.ipynb #6500f084
-BACKBONES = ('resnet18', 'resnet34', 'resnet50', 'densenet121', 'efficientnet_b0')
+# %% ../nbs/04_model.ipynb #0f2c6205
+from .config import (BACKBONES, LOSSES, OPTIMIZERS, SCHEDULERS, CheckpointError, Contract, ModelConfig, OptimConfig,
+                                 RunConfig, atomic_write, read_contract, resolve_device, write_contract)
 
 # %% ../nbs/04_model.ipynb #61717d0b
 def _parent(model:nn.Module, name:str):
@@ -188,30 +188,30 @@ def _metrics(threshold:float=0.5) -> MetricCollection:
         'f1': BinaryF1Score(threshold=threshold), 'auroc': BinaryAUROC(), 'ap': BinaryAveragePrecision()})
 
 # %% ../nbs/04_model.ipynb #924c71b9
-_LOSSES, _OPTIMIZERS, _SCHEDULERS = ('bce', 'focal'), ('adam', 'adamw', 'sgd'), ('cosine', 'onecycle', 'none')
+_M, _O = ModelConfig(), OptimConfig()   # the defaults live in the configuration
 
 class PneumoniaClassifier(pl.LightningModule):
     "Pneumonia vs. no pneumonia from a one-channel chest X-ray; `forward` returns logits of shape (B,)"
     def __init__(self,
-                 backbone:str='resnet18', # one of `BACKBONES`
-                 pretrained:str|bool='auto', # 'auto', 'imagenet' or 'none', see `build_backbone`
-                 weights_path:str|None=None, # local torchvision weights file, overrides `pretrained`
-                 loss:str='bce', # 'bce' (`BCEWithLogitsLoss`) or 'focal' (`FocalLoss`)
-                 pos_weight:float|None=3.0, # weight of positive examples in either loss; None for 1
-                 focal_alpha:float|None=0.25, # `FocalLoss` alpha
-                 focal_gamma:float=2.0, # `FocalLoss` gamma
-                 optimizer:str='adamw', # 'adam', 'adamw' or 'sgd' (momentum 0.9, Nesterov)
-                 lr:float=1e-3, # base (peak) learning rate
-                 weight_decay:float=1e-4, # not applied to biases and norm layers
-                 scheduler:str='cosine', # 'cosine' (warm-up then cosine), 'onecycle' or 'none'
-                 warmup_epochs:float=1, # warm-up length of the 'cosine' schedule (fraction of the cycle for 'onecycle')
-                 max_epochs:int=10, # planned epochs; used when the trainer has no epoch limit
+                 backbone:str=_M.backbone, # one of `BACKBONES`
+                 pretrained:str|bool=_M.pretrained, # 'auto', 'imagenet' or 'none', see `build_backbone`
+                 weights_path:str|None=_M.weights, # local torchvision weights file, overrides `pretrained`
+                 loss:str=_O.loss, # 'bce' (`BCEWithLogitsLoss`) or 'focal' (`FocalLoss`)
+                 pos_weight:float|None=None, # weight of positive examples in either loss; None for 1 (`train` turns 'auto' into the train split's negatives/positives)
+                 focal_alpha:float|None=_O.focal_alpha, # `FocalLoss` alpha
+                 focal_gamma:float=_O.focal_gamma, # `FocalLoss` gamma
+                 optimizer:str=_O.optimizer, # 'adam', 'adamw' or 'sgd' (momentum 0.9, Nesterov)
+                 lr:float=_O.lr, # base (peak) learning rate
+                 weight_decay:float=_O.weight_decay, # not applied to biases and norm layers
+                 scheduler:str=_O.scheduler, # 'cosine' (warm-up then cosine), 'onecycle' or 'none'
+                 warmup_epochs:float=_O.warmup_epochs, # warm-up length of the 'cosine' schedule (fraction of the cycle for 'onecycle')
+                 max_epochs:int=_O.epochs, # planned epochs; used when the trainer has no epoch limit
                  channels_last:bool=False, # channels-last memory format for model and inputs
                  compile:bool=False, # `torch.compile` the backbone
                  threshold:float=0.5, # probability threshold of accuracy, precision, recall, specificity and F1
                 ):
         super().__init__()
-        for arg, val, ok in [('loss', loss, _LOSSES), ('optimizer', optimizer, _OPTIMIZERS), ('scheduler', scheduler, _SCHEDULERS)]:
+        for arg, val, ok in [('loss', loss, LOSSES), ('optimizer', optimizer, OPTIMIZERS), ('scheduler', scheduler, SCHEDULERS)]:
             if val not in ok: raise ValueError(f"{arg} must be one of {ok}, got {val!r}")
         self.backbone, self.backbone_info = build_backbone(backbone, pretrained, weights_path)
         pretrained = self.backbone_info['pretrained']  # record what happened, not what was asked
@@ -222,6 +222,7 @@ class PneumoniaClassifier(pl.LightningModule):
         m = _metrics(threshold)
         self.train_metrics, self.val_metrics, self.test_metrics = (m.clone(prefix=p) for p in ('train/', 'val/', 'test/'))
         self.batch_transform = None  # optional nn.Module applied to x on the device, in training steps only
+        self.contract, self.run_config = None, None  # set by `train`; saved in every checkpoint (`write_contract`)
         if channels_last: self.to(memory_format=torch.channels_last)
         if compile: self.backbone.compile()
 
@@ -290,6 +291,7 @@ def configure_optimizers(self:PneumoniaClassifier):
 def on_save_checkpoint(self:PneumoniaClassifier, checkpoint):
     sd = checkpoint.get('state_dict', {})
     for k in [k for k in sd if k.startswith('batch_transform.')]: del sd[k]
+    if self.contract is not None: write_contract(checkpoint, self.contract, self.run_config)
 
 @patch
 def on_load_checkpoint(self:PneumoniaClassifier, checkpoint):
@@ -303,10 +305,6 @@ def load_from_checkpoint(cls:PneumoniaClassifier, checkpoint_path, *args, **kwar
     return super(PneumoniaClassifier, cls).load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
 # %% ../nbs/04_model.ipynb #d8073fd9
-class CheckpointError(ValueError):
-    "A checkpoint that cannot be used, with the file and the problem."
-    def __init__(self, path, problem): self.path, self.problem = str(path), problem; super().__init__(f'{path}: {problem}')
-
 def _unsafe_global(e:Exception)->str:
     "The object a weights-only load refused, from torch's message."
     m = re.search(r'Unsupported global: GLOBAL (\S+)', str(e)) or re.search(r'(Unsupported[^\n]*)', str(e))
@@ -329,47 +327,44 @@ def load_checkpoint(path, # a checkpoint written by `train`
         raise CheckpointError(path, f'not a readable checkpoint, the file may be truncated or not a PyTorch file ({type(e).__name__}: {e})') from None
 
 # %% ../nbs/04_model.ipynb #6a4a4d99
-def _device(device)->torch.device:
-    "A torch device from 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ... or a device."
-    if device == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    d = torch.device(device)
-    if d.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} asked for, but there is no CUDA GPU here; use 'cpu' or 'auto'")
-    return d
-
 def load_classifier(path, # a checkpoint written by `train`
                     backbone:str|None=None, # expected backbone; None accepts the checkpoint's
                     trusted:bool=False, # see `load_checkpoint`
                     map_location='cpu', # device of the returned model: 'cpu', 'cuda', ..., or 'auto' (CUDA when available)
-                   )->tuple:
-    "`(model, contract)`: the `PneumoniaClassifier` in eval mode and the checkpoint's input contract."
-    device = _device(map_location)   # a device that is not there fails before any work
+                   )->tuple: # (model, contract); the run's configuration is `model.run_config`
+    "`(model, contract)`: the `PneumoniaClassifier` in eval mode and the checkpoint's `Contract`."
+    device = resolve_device(map_location)   # a device that is not there fails before any work
     ckpt = load_checkpoint(path, trusted)
     if not isinstance(ckpt, dict) or 'state_dict' not in ckpt or 'hyper_parameters' not in ckpt:
         raise CheckpointError(path, 'not a Lightning checkpoint of a PneumoniaClassifier (no state_dict or hyper_parameters)')
-    if 'pneumonia_nb' not in ckpt:
-        raise CheckpointError(path, 'no input contract (image size, normalisation): it was not written by pneumonia_nb train')
+    contract, config = read_contract(ckpt, path)
     hp = dict(ckpt['hyper_parameters'])
     name = hp.get('backbone')
     if name not in BACKBONES: raise CheckpointError(path, f'unknown backbone {name!r}; known: {", ".join(BACKBONES)}')
     if backbone is not None and backbone != name:
         raise CheckpointError(path, f'holds a {name} model, not a {backbone}')
+    bad = [k for k, v in ckpt['state_dict'].items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad: raise CheckpointError(path, f'{len(bad)} weight tensor(s) hold NaN or infinite values (e.g. {bad[0]}): the training diverged or the file was altered')
     hp.update(pretrained='none', weights_path=None, compile=False)
     model = PneumoniaClassifier(**hp)
     try: model.load_state_dict(ckpt['state_dict'])
     except RuntimeError as e:
         detail = str(e).split('\n\t')[1].strip() if '\n\t' in str(e) else str(e)
         raise CheckpointError(path, f'its weights do not fit a {name} (written for another backbone, or altered): {detail[:300]}') from None
-    return model.to(device).eval(), dict(ckpt['pneumonia_nb'])
+    model.contract, model.run_config = contract, config
+    return model.to(device).eval(), contract
 
-def update_contract(path, # a checkpoint written by `train`
-                    **fields, # entries to set in the contract (e.g. threshold=dict(value=0.3, ...))
-                   )->dict:
-    "Set `fields` in the checkpoint's input contract, rewriting the file atomically; returns the new contract."
-    path = Path(path); ckpt = load_checkpoint(path)
-    if 'pneumonia_nb' not in ckpt: raise CheckpointError(path, 'no input contract: it was not written by pneumonia_nb train')
-    ckpt['pneumonia_nb'].update(fields)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try: torch.save(ckpt, tmp); os.replace(tmp, path)
-    finally: tmp.unlink(missing_ok=True)
-    return dict(ckpt['pneumonia_nb'])
+# %% ../nbs/04_model.ipynb #2a2db728
+def save_classifier(model:PneumoniaClassifier, # with `contract` (and `run_config`) set
+                    path, # the file to write
+                    source=None, # a checkpoint file the model came from: refused as `path`, which must be a new file
+                   )->Path:
+    "Write the model's weights, hyperparameters, contract and configuration to `path`, atomically."
+    path = Path(path)
+    if source is not None and path.exists() and path.resolve() == Path(source).resolve():
+        raise CheckpointError(path, 'will not overwrite the checkpoint that is being read; write to a new file')
+    if model.contract is None: raise CheckpointError(path, 'the model has no contract to save (it was not trained or loaded by pneumonia_nb)')
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith('batch_transform.')}
+    ckpt = write_contract(dict(state_dict=sd, hyper_parameters=dict(model.hparams), pytorch_lightning_version=pl.__version__),
+                          model.contract, model.run_config)
+    return atomic_write(path, write=lambda tmp: torch.save(ckpt, tmp))

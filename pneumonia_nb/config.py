@@ -236,7 +236,9 @@ class EvaluateConfig:
 # %% ../nbs/00_config.ipynb #b625d2de
 @dataclass
 class RunConfig:
-    "The configuration of a whole run, one group per stage"
+    "The configuration of a whole run: its input, and one group of options per stage"
+    data:str|None=None # challenge folder (stage_2_train_labels.csv, stage_2_train_images/), preprocessed into OUT/cache
+    cache:str|None=None # cache folder written by preprocess (used when there is no data folder)
     demo:DemoConfig=field(default_factory=DemoConfig)
     preprocess:PreprocessConfig=field(default_factory=PreprocessConfig)
     model:ModelConfig=field(default_factory=ModelConfig)
@@ -248,19 +250,21 @@ class RunConfig:
 
     def override(self, **changes)->RunConfig:
         "A copy with `changes` (field names of any group) applied."
-        groups = {f.name: getattr(self, f.name) for f in fields(self)}
+        top = {k: changes.pop(k) for k in ('data', 'cache') if k in changes}
+        groups = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ('data', 'cache')}
         per = {}
         for k, v in changes.items():
             owner = [g for g, obj in groups.items() if k in {f.name for f in fields(obj)}]
             if not owner: raise ConfigError(k, f'not an option; known: {", ".join(sorted(_field_names(self)))}')
             per.setdefault(owner[0], {})[k] = v
-        return dataclasses.replace(self, **{g: dataclasses.replace(groups[g], **kv) for g, kv in per.items()})
+        return dataclasses.replace(self, **top, **{g: dataclasses.replace(groups[g], **kv) for g, kv in per.items()})
 
     def to_dict(self)->dict:
         "Plain values (tuples as lists), ready for YAML and for a checkpoint."
         return _plain(asdict(self))
 
-def _field_names(cfg)->list: return [f.name for g in fields(cfg) for f in fields(getattr(cfg, g.name))]
+def _groups(cfg)->list: return [g.name for g in fields(cfg) if g.name not in ('data', 'cache')]
+def _field_names(cfg)->list: return [f.name for g in _groups(cfg) for f in fields(getattr(cfg, g))]
 def _plain(v):
     if isinstance(v, dict): return {k: _plain(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)): return [_plain(x) for x in v]
@@ -287,16 +291,19 @@ def config_from_dict(d:dict, # {group: {field: value}}; missing groups and field
     "A `RunConfig` from plain values, with unknown keys, wrong types and bad values named."
     base = base or RunConfig()
     if not isinstance(d, dict): raise ConfigError(source, f'expected a mapping of groups ({", ".join(f.name for f in fields(RunConfig))}), not {type(d).__name__}')
-    groups = {f.name: f for f in fields(RunConfig)}
+    groups = {g: None for g in _groups(base)}
     kw = {}
     for g, vals in d.items():
+        if g in ('data', 'cache'):
+            if vals is not None and not isinstance(vals, str): raise ConfigError(source, f'{g}: expected a folder path, not {vals!r}')
+            kw[g] = vals; continue
         if g not in groups: raise ConfigError(source, f'unknown key {g!r}; the groups are {", ".join(groups)}')
         if not isinstance(vals, dict): raise ConfigError(source, f'{g}: expected a mapping of options, not {vals!r}')
         cls = type(getattr(base, g)); known = get_type_hints(cls)
         for k, v in vals.items():
             if k not in known: raise ConfigError(source, f'unknown key {g}.{k}; {g} has {", ".join(known)}')
             if not _type_ok(v, known[k]): raise ConfigError(source, f'{g}.{k}: {v!r} is not {_type_name(known[k])}')
-        try: kw[g] = dataclasses.replace(getattr(base, g), **vals)
+        try: kw[g] = dataclasses.replace(getattr(base, g), **{k: tuple(v) if isinstance(v, list) else v for k, v in vals.items()})
         except ConfigError as e: raise ConfigError(source, str(e)) from None
     return dataclasses.replace(base, **kw)
 

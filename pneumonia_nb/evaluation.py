@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_evaluation.ipynb #8a1ad1f8
 from __future__ import annotations
-import datetime, json, math, os, warnings
+import dataclasses, datetime, json, math, os, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +18,10 @@ from scipy.stats import bootstrap, rankdata
 with warnings.catch_warnings():  # in a notebook without ipywidgets tqdm.auto warns, then uses text bars
     warnings.simplefilter('ignore'); from tqdm.auto import tqdm
 
-from .preprocessing import atomic_write, load_manifest, load_stats
-from .dataset import GpuNormalize, load_images
-from .model import load_classifier, update_contract
+from .config import PneumoniaError, ThresholdRecord, atomic_write, normalise
+from .preprocessing import load_manifest, load_stats
+from .dataset import load_images
+from .model import load_classifier, save_classifier
 
 # %% auto #0
 __all__ = ['METRICS', 'THRESHOLD_METHODS', 'AGE_BANDS', 'confusion', 'threshold_metrics', 'auroc', 'average_precision',
@@ -147,8 +148,8 @@ def choose_threshold(y, # validation labels
     return best_t
 
 # %% ../nbs/06_evaluation.ipynb #a7ea2f01
-def _split_rows(cache, split:str)->pd.DataFrame:
-    m = load_manifest(cache)
+def _split_rows(cache, split:str, m:pd.DataFrame|None=None)->pd.DataFrame:
+    m = load_manifest(cache) if m is None else m
     rows = m if split == 'all' else m[m.split == split]
     if rows.empty:
         have = ', '.join(f'{k} {v}' for k, v in m.split.value_counts().items())
@@ -156,21 +157,26 @@ def _split_rows(cache, split:str)->pd.DataFrame:
         raise ValueError(f"{cache}: no rows in split {split!r}; it has {have}{hint}")
     return rows.reset_index(drop=True)
 
-def _check_size(cache, contract:dict):
+def _check_size(cache, contract):
     size = load_stats(cache)['size']
-    if size != contract['size']:
-        raise ValueError(f"{cache} holds {size}² images but the checkpoint was trained on {contract['size']}²: "
-                         f"preprocess the data with size {contract['size']}")
+    if size != contract.size:
+        raise PneumoniaError(cache, f"holds {size}² images but the checkpoint was trained on {contract.size}²: "
+                             f"preprocess the data with size {contract.size}")
+
+def _loaded(checkpoint, trusted:bool=False, device='auto')->tuple:
+    "(model, contract, path): `checkpoint` is a file (read once here) or a `(model, contract)` pair already loaded."
+    if isinstance(checkpoint, tuple): return (*checkpoint, None)
+    return (*load_classifier(checkpoint, trusted=trusted, map_location=device), Path(checkpoint))
 
 def _normalised(images:np.ndarray, model, contract:dict)->torch.Tensor:
     "uint8 (N,S,S) images as the model's float input (N,1,S,S) on its device, normalised by the contract."
     x = torch.from_numpy(images).to(next(model.parameters()).device)
-    return GpuNormalize(contract['mean'], contract['std'])(x)
+    return normalise(x[:, None], contract.mean, contract.std)
 
 @torch.no_grad()
 def predict_images(model, # a `PneumoniaClassifier` in eval mode
                    images:np.ndarray, # uint8 (N,S,S) images as the cache holds them
-                   contract:dict, # the checkpoint's input contract (mean, std)
+                   contract, # the checkpoint's `Contract` (mean, std)
                    batch_size:int=128,
                    progress:bool=False)->np.ndarray:
     "Probabilities for uint8 images, normalised with the contract's mean and std."
@@ -178,39 +184,36 @@ def predict_images(model, # a `PneumoniaClassifier` in eval mode
            for i in tqdm(range(0, len(images), batch_size), desc='predict', disable=not progress)]
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
-def predict_split(checkpoint, # a checkpoint written by `train`
+def predict_split(checkpoint, # a checkpoint written by `train`, or a loaded `(model, contract)`
                   cache, # a cache folder written by `preprocess` at the checkpoint's size
                   split:str='test', # 'train', 'val', 'test' or 'all'
                   batch_size:int=128, device:str='auto', trusted:bool=False, progress:bool=False,
                  )->pd.DataFrame:
     "The split's manifest rows with a `probability` column."
-    model, contract = load_classifier(checkpoint, trusted=trusted, map_location=device)
+    model, contract, _ = _loaded(checkpoint, trusted, device)
     _check_size(cache, contract)
     rows = _split_rows(cache, split)
     return rows.assign(probability=predict_images(model, load_images(rows), contract, batch_size, progress))
 
 # %% ../nbs/06_evaluation.ipynb #2dabe95f
-def calibrate_threshold(checkpoint, # a checkpoint written by `train`; its contract gets the threshold
+def calibrate_threshold(checkpoint, # a checkpoint written by `train`, or a loaded `(model, contract)`
                         cache, # the cache the checkpoint was trained on
                         method:str='sensitivity', # see `choose_threshold`
                         target:float=0.835, # target sensitivity, or the threshold for 'fixed'
                         split:str='val', # the split to choose on (never the test split)
-                        store:bool=True, # write it into the checkpoint
                         trusted:bool=False, device:str='auto', progress:bool=False,
-                       )->dict:
-    "Choose the operating threshold on the validation split and store it in the checkpoint."
-    if split == 'test': raise ValueError('the threshold is chosen on the validation split, never on the test split')
+                       )->ThresholdRecord:
+    "Choose the operating threshold on the validation split."
+    if split == 'test': raise PneumoniaError('split', 'the threshold is chosen on the validation split, never on the test split')
     if method == 'fixed': rows, thr = None, float(target)
     else:
         rows = predict_split(checkpoint, cache, split, device=device, trusted=trusted, progress=progress)
         thr = choose_threshold(rows.Target, rows.probability, method, target)
-    info = dict(value=thr, method=method, target=target if method in ('sensitivity', 'fixed') else None, split=split,
-                n=0 if rows is None else len(rows), positives=0 if rows is None else int(rows.Target.sum()),
-                cache=str(Path(cache).resolve()), chosen=datetime.datetime.now().isoformat(timespec='seconds'))
-    if rows is not None: info.update({f'{k}_on_split': v for k, v in threshold_metrics(rows.Target, rows.probability, thr).items()
-                                      if k in ('recall', 'specificity', 'precision')})
-    if store: update_contract(checkpoint, threshold=info)
-    return info
+    at = {} if rows is None else threshold_metrics(rows.Target, rows.probability, thr)
+    return ThresholdRecord(float(thr), method, target if method in ('sensitivity', 'fixed') else None, split=split,
+                           n=0 if rows is None else len(rows), positives=0 if rows is None else int(rows.Target.sum()),
+                           chosen=datetime.datetime.now().isoformat(timespec='seconds'), by='evaluate',
+                           metrics={k: float(at[k]) for k in ('recall', 'specificity', 'precision') if k in at})
 
 # %% ../nbs/06_evaluation.ipynb #9dc87e54
 def roc_points(y, p)->tuple:
@@ -432,11 +435,12 @@ class EvaluationResult:
     subgroups: pd.DataFrame
     localization: pd.DataFrame|None
     predictions: pd.DataFrame
+    note: str|None = None # how to read the numbers, when they are not a plain held-out report
     def summary(self)->str:
         n, pos = len(self.predictions), int(self.predictions.Target.sum())
         ci = lambda r: f'{r.value:.3f} ({r.low:.3f}–{r.high:.3f})'
         rows = [f'  {k:18} {ci(self.metrics.loc[k])}' for k in self.metrics.index]
-        s = [f'{self.split} split: {n} patients, {pos} with pneumonia',
+        s = ([f'NOTE: {self.note}'] if self.note else []) + [f"{'validation' if self.split == 'original' else self.split} split: {n} patients, {pos} with pneumonia",
              f"operating threshold {self.threshold['value']:.4f} ({self.threshold['method']}"
              + (f" {self.threshold['target']}" if self.threshold.get('target') is not None else '') + f", chosen on {self.threshold['split']})",
              'metrics at the operating threshold (95% bootstrap CI):', *rows]
@@ -447,37 +451,53 @@ class EvaluationResult:
         return '\n'.join(s)
 
 # %% ../nbs/06_evaluation.ipynb #2579fedc
-def _choose_or_load_threshold(checkpoint, cache, contract:dict, method, target, trusted, device, progress)->dict:
-    if method is None and 'threshold' in contract: return contract['threshold']
-    return calibrate_threshold(checkpoint, cache, method or 'sensitivity', target, trusted=trusted, device=device, progress=progress)
+_ORIGINAL = ("the original example's protocol: its validation split at the fixed threshold 0.5. These patients chose the "
+             "checkpoint, so the numbers are optimistic, as the original's were; they are comparable with its table")
 
-def _check_split(split:str, threshold:dict, cache):
-    same_cache = threshold.get('cache') in (None, str(Path(cache).resolve()))
-    if split == threshold.get('split') and same_cache:
-        raise ValueError(f"the threshold was chosen on the {split!r} split of this cache: evaluating there would be optimistic; "
-                         "evaluate on the held-out test split")
-    if split == 'all' and same_cache and threshold.get('method') != 'fixed':
-        raise ValueError("split 'all' includes the validation split that chose the threshold; use it for a separate dataset, "
-                         "or evaluate the 'test' split")
+def _threshold_for(model, contract, cache, method, target, progress)->ThresholdRecord:
+    "The stored threshold, or (when `method` is given, or none is stored) one chosen on the validation split of `cache`."
+    if method is None and contract.threshold is not None: return contract.threshold
+    return calibrate_threshold((model, contract), cache, method or 'sensitivity', target, progress=progress)
 
-def evaluate(checkpoint, # a checkpoint written by `train`
+def _check_unseen(contract, rows:pd.DataFrame, split:str, cache, allow_seen:bool)->int:
+    "The number of `rows` the model trained on or chose its threshold on; an error if there are any and not `allow_seen`."
+    seen = int(contract.seen(rows.patientId).sum())
+    if seen and not allow_seen:
+        raise PneumoniaError(cache, f"{seen} of the {len(rows)} patients of split {split!r} trained this model or chose its checkpoint "
+                             "and threshold: a report on them would be optimistic. Evaluate held-out patients (the 'test' split, or a "
+                             "separate dataset), or pass allow_seen=True (--allow_seen true) to report on them anyway, labelled as such")
+    return seen
+
+def evaluate(checkpoint, # a checkpoint written by `train`, or a loaded `(model, contract)`
              cache, # a cache at the checkpoint's size (the training cache, or a separate dataset's)
              out, # folder for metrics.json, predictions.csv, the PNGs and report.md
-             split:str='test', # the split to report on: 'test' (held out), or 'all' for a separate dataset
-             method:str|None=None, # None: the stored threshold (chosen on 'val' if none); else choose anew (see `choose_threshold`)
+             split:str='test', # 'test' (held out), 'all' (a separate dataset), or 'original': the original example's protocol (its validation split at 0.5)
+             method:str|None=None, # None: the stored threshold; else choose anew on the validation split (see `choose_threshold`)
              target:float=0.835, # target sensitivity, or the threshold of method='fixed'
              n_resamples:int=2000, # bootstrap resamples of the confidence intervals
              cam:bool=True, # Grad-CAM localization and gallery
              gallery:int=4, # images of each kind (TP, FP, FN) in the gallery
              batch_size:int=128, device:str='auto', trusted:bool=False, progress:bool=True, seed:int=0,
+             allow_seen:bool=False, # report on patients the model trained or chose its threshold on (labelled as such)
+             save_checkpoint=None, # write a checkpoint with a newly chosen threshold here (a new file)
             )->EvaluationResult:
     "Evaluate `checkpoint` on `split` of `cache` and write the report to `out`."
     out = Path(out); cache = Path(cache)
-    model, contract = load_classifier(checkpoint, trusted=trusted, map_location=device)
+    model, contract, ckpt_path = _loaded(checkpoint, trusted, device)
     _check_size(cache, contract)
-    rows = _split_rows(cache, split)   # fail early, before choosing a threshold
-    thr_info = _choose_or_load_threshold(checkpoint, cache, contract, method, target, trusted, device, progress)
-    _check_split(split, thr_info, cache)
+    m = load_manifest(cache)
+    if split == 'original':
+        rows = _split_rows(cache, 'val', m)
+        thr_info = ThresholdRecord(0.5, 'fixed', 0.5, split='none (fixed)', by='the original protocol')
+        seen = int(contract.seen(rows.patientId).sum())
+    else:
+        rows = _split_rows(cache, split, m)   # fail early, before choosing a threshold
+        seen = _check_unseen(contract, rows, split, cache, allow_seen)
+        thr_info = _threshold_for(model, contract, cache, method, target, progress)
+        if thr_info is not contract.threshold and save_checkpoint is not None:
+            model.contract = dataclasses.replace(contract, threshold=thr_info)
+            save_classifier(model, save_checkpoint, source=ckpt_path)
+    thr_info = dataclasses.asdict(thr_info)
     thr = float(thr_info['value'])
     images = load_images(rows, progress=progress)
     pred = rows.assign(probability=predict_images(model, images, contract, batch_size, progress))
@@ -493,9 +513,9 @@ def evaluate(checkpoint, # a checkpoint written by `train`
     if cam and len(pos):
         maps = _cams(model, images[pos], contract, progress=progress)
         boxes = list(pred.boxes.iloc[pos]); size = images.shape[-1]
-        m_all = load_manifest(cache); train_pos = m_all[(m_all.split == 'train') & (m_all.Target == 1)]
+        train_pos = m[(m.split == 'train') & (m.Target == 1)]
         scores = {'Grad-CAM': localization_scores(maps, boxes), 'centre prior': localization_scores(centre_prior(size), boxes)}
-        if len(train_pos) and split != 'all': scores['box prior (training boxes)'] = localization_scores(box_prior(train_pos.boxes, size), boxes)
+        if len(train_pos) and split not in ('all', 'original'): scores['box prior (training boxes)'] = localization_scores(box_prior(train_pos.boxes, size), boxes)
         loc = localization_summary(scores, n_resamples)
         picks = _gallery_picks(pred, thr, gallery)
         if picks:
@@ -507,7 +527,10 @@ def evaluate(checkpoint, # a checkpoint written by `train`
     cols = [c for c in ('patientId', 'Target', 'probability', 'prediction', 'view', 'sex', 'age') if c in pred]
     atomic_write(out/'predictions.csv', pred[cols].to_csv(index=False))
     res = EvaluationResult(out, split, thr_info, mt, mh, sub, loc, pred)
-    record = dict(checkpoint=str(Path(checkpoint).resolve()), cache=str(cache.resolve()), split=split, n=len(pred),
+    note = _ORIGINAL if split == 'original' else (f'{seen} of these patients trained this model or chose its threshold: the numbers are optimistic' if seen else None)
+    res.note = note
+    record = dict(checkpoint=None if ckpt_path is None else os.path.relpath(ckpt_path.resolve(), out.resolve()),
+                  cache=os.path.relpath(cache.resolve(), out.resolve()), split=split, n=len(pred), seen=seen, note=note,
                   positives=int(y.sum()), threshold=thr_info, confusion=confusion(y, p, thr), n_resamples=n_resamples, confidence=0.95,
                   metrics=mt.to_dict('index'), metrics_at_0_5=mh.to_dict('index'), subgroups=sub.to_dict('records'),
                   localization=None if loc is None else loc.to_dict('records'), date=datetime.datetime.now().isoformat(timespec='seconds'),
@@ -535,7 +558,7 @@ def _report(res:EvaluationResult, rec:dict)->str:
     chosen = (f"chosen on the {t['split']} split ({t.get('n', '?')} patients, {t.get('positives', '?')} positive) by "
               f"**{t['method']}**" + (f" (target {t['target']})" if t.get('target') is not None else '')
               if t['method'] != 'fixed' else 'fixed')
-    lines = [f"# Evaluation report", '',
+    lines = [f"# Evaluation report", ''] + ([f"> **{rec['note'][0].upper() + rec['note'][1:]}.**", ''] if rec.get('note') else []) + [
              f"- checkpoint: `{rec['checkpoint']}`", f"- data: `{rec['cache']}`, split **{rec['split']}**: {rec['n']} patients, "
              f"{rec['positives']} with pneumonia ({rec['positives']/max(rec['n'],1):.1%})",
              f"- operating threshold **{t['value']:.4f}**, {chosen}", f"- {rec['date']}", '',

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_inference.ipynb #1f788cef
 from __future__ import annotations
-import hashlib, json, os, time, uuid, warnings
+import dataclasses, hashlib, json, os, time, uuid, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +16,9 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from .preprocessing import DicomError, atomic_write, read_dicom, resize_image
-from .dataset import GpuNormalize
-from .model import CheckpointError, load_classifier
+from .config import CheckpointError, PneumoniaError, atomic_write, normalise
+from .preprocessing import DicomError, read_dicom, resize_image
+from .model import load_classifier
 with warnings.catch_warnings():  # in a notebook without ipywidgets tqdm.auto warns, then uses text bars
     warnings.simplefilter('ignore'); from tqdm.auto import tqdm
 
@@ -114,21 +114,16 @@ def _collate(items:list)->dict:
                 failed=[(it[0], it[3]) for it in items if it[3] is not None])
 
 # %% ../nbs/07_inference.ipynb #c2ba0d80
-def _threshold(contract:dict, path)->tuple:
+def _threshold(contract:Contract, path)->tuple:
     "(threshold, where it came from): the checkpoint's stored threshold, or 0.5 with a warning."
-    t = contract.get('threshold')
+    t = contract.threshold
     if t is None:
         warnings.warn(f'{path}: no operating threshold is stored in this checkpoint, so predictions use 0.5, which was '
                       'not chosen for this model. Run `pneumonia_nb evaluate` to choose one on the validation split '
                       '(it is stored in the checkpoint and used from then on).', UserWarning, stacklevel=3)
         return 0.5, 'default: none stored in the checkpoint, run pneumonia_nb evaluate'
-    v = t.get('value') if isinstance(t, dict) else t
-    try: v = float(v)
-    except (TypeError, ValueError): raise CheckpointError(path, f'its stored threshold is not a number: {t!r}') from None
-    if not 0 <= v <= 1: raise CheckpointError(path, f'its stored threshold {v} is not a probability between 0 and 1')
-    if not isinstance(t, dict): return v, 'checkpoint'
-    how = str(t.get('method', '?')) + (f" {t['target']}" if t.get('target') is not None else '')
-    return v, f"checkpoint: {how} on the {t.get('split', '?')} split (n={t.get('n', '?')})"
+    how = t.method + (f' {t.target}' if t.target is not None else '')
+    return t.value, f'checkpoint: {how} on the {t.split} split (n={t.n})'   # `read_contract` checked it is in [0, 1]
 
 # %% ../nbs/07_inference.ipynb #a27c359e
 @dataclass
@@ -174,10 +169,10 @@ def predict_files(checkpoint, # a checkpoint written by `train`: its contract gi
     model, contract = load_classifier(checkpoint, backbone=backbone, trusted=trusted, map_location=device)
     dev = next(model.parameters()).device
     thr, source = _threshold(contract, checkpoint)
-    norm = GpuNormalize(contract['mean'], contract['std'])
+    norm = lambda x: normalise(x, contract.mean, contract.std)
     workers = min(8, _cores()) if workers is None else workers
     workers = max(0, min(workers, -(-len(files) // batch_size)))   # no more processes than batches
-    loader = DataLoader(_ImageFiles(files, contract['size']), batch_size=batch_size, num_workers=workers,
+    loader = DataLoader(_ImageFiles(files, contract.size), batch_size=batch_size, num_workers=workers,
                         collate_fn=_collate, pin_memory=dev.type == 'cuda')
     probs, pids, failed = {}, {}, {}
     with torch.inference_mode(), tqdm(total=len(files), desc='predict', unit='img', disable=not progress) as bar:
@@ -210,7 +205,7 @@ class ExportedClassifier(nn.Module):
         super().__init__()
         self.backbone, self.mean, self.std = backbone, float(mean), float(std)
     def forward(self, image:torch.Tensor):
-        logit = self.backbone((image - 255 * self.mean) / (255 * self.std))[:, 0]
+        logit = self.backbone(normalise(image, self.mean, self.std))[:, 0]
         return torch.sigmoid(logit), logit
 
 # %% ../nbs/07_inference.ipynb #7f7a2849
@@ -299,13 +294,12 @@ def export_model(checkpoint, # a checkpoint written by `train`
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir(): raise ValueError(f'{out_dir}: exists and is not a folder')
     model, contract = load_classifier(checkpoint, trusted=trusted)
-    size, threshold = int(contract['size']), contract.get('threshold')
-    if threshold is not None and not isinstance(threshold, dict): threshold = dict(value=float(threshold))
+    size, threshold = contract.size, None if contract.threshold is None else dataclasses.asdict(contract.threshold)
     if threshold is None:
         warnings.warn(f'{checkpoint}: no operating threshold is stored in this checkpoint; contract.json gets '
                       '"threshold": null. Run `pneumonia_nb evaluate` to choose one on the validation split, then export again.',
                       UserWarning, stacklevel=2)
-    wrapper = ExportedClassifier(model.backbone, contract['mean'], contract['std']).eval()
+    wrapper = ExportedClassifier(model.backbone, contract.mean, contract.std).eval()
     g = torch.Generator().manual_seed(0)
     example = torch.randint(0, 256, (2, 1, size, size), generator=g).float()
     check = torch.randint(0, 256, (3, 1, size, size), generator=g).float()
@@ -324,7 +318,7 @@ def export_model(checkpoint, # a checkpoint written by `train`
                 got = _onnx_outputs(tmp, check)
                 verified['onnx'] = None if got is None else _max_diff(got, ref)
         for k, d in verified.items():
-            if d is not None and d > 1e-3: raise RuntimeError(f'the {k} export differs from PyTorch by {d:.2g} on a test batch; nothing was written')
+            if d is not None and not d <= 1e-3: raise RuntimeError(f'the {k} export differs from PyTorch by {d:.2g} on a test batch; nothing was written')
         doc = dict(
             format=1,
             input=dict(name='image', dtype='float32', shape=['batch', 1, size, size], range=[0, 255],
@@ -333,11 +327,11 @@ def export_model(checkpoint, # a checkpoint written by `train`
                                    'The normalisation is inside the model.'),
             outputs=[dict(name='probability', dtype='float32', shape=['batch'], description='probability of lung opacity (sigmoid of the logit)'),
                      dict(name='logit', dtype='float32', shape=['batch'], description='logit of lung opacity')],
-            size=size, mean=float(contract['mean']), std=float(contract['std']),
+            size=size, mean=contract.mean, std=contract.std,
             normalisation='(image/255 - mean)/std, inside the model',
             threshold=threshold, decision='positive when probability >= threshold.value',
             backbone=model.hparams.backbone, checkpoint=Path(checkpoint).name, checkpoint_sha256=_sha256(checkpoint),
-            fold=contract.get('fold'), files={k: _FILES[k] for k in formats}, onnx=onnx_info,
+            fold=contract.fold, files={k: _FILES[k] for k in formats}, onnx=onnx_info,
             verified=verified, torch=torch.__version__, created=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
         for k, tmp in staged.items(): os.replace(tmp, out_dir/_FILES[k])
         for k in EXPORT_FORMATS:   # a model of an earlier export that this one does not replace

@@ -21,7 +21,7 @@ from torchmetrics.classification import (BinaryAccuracy, BinaryPrecision, Binary
 # %% auto #0
 __all__ = ['build_backbone', 'FocalLoss', 'PneumoniaClassifier', 'load_checkpoint', 'load_classifier', 'save_classifier']
 
-# %% ../nbs/04_model.ipynb #0f2c6205
+# %% ../nbs/04_model.ipynb #92479519
 from .config import (BACKBONES, LOSSES, OPTIMIZERS, SCHEDULERS, CheckpointError, Contract, ModelConfig, OptimConfig,
                                  RunConfig, atomic_write, read_contract, resolve_device, write_contract)
 
@@ -354,10 +354,11 @@ def load_classifier(path, # a checkpoint written by `train`
     model.contract, model.run_config = contract, config
     return model.to(device).eval(), contract
 
-# %% ../nbs/04_model.ipynb #2a2db728
+# %% ../nbs/04_model.ipynb #8bd5973d
 def save_classifier(model:PneumoniaClassifier, # with `contract` (and `run_config`) set
                     path, # the file to write
                     source=None, # a checkpoint file the model came from: refused as `path`, which must be a new file
+                    extra:dict|None=None, # more entries for the checkpoint (e.g. epoch, global_step)
                    )->Path:
     "Write the model's weights, hyperparameters, contract and configuration to `path`, atomically."
     path = Path(path)
@@ -365,6 +366,6 @@ def save_classifier(model:PneumoniaClassifier, # with `contract` (and `run_confi
         raise CheckpointError(path, 'will not overwrite the checkpoint that is being read; write to a new file')
     if model.contract is None: raise CheckpointError(path, 'the model has no contract to save (it was not trained or loaded by pneumonia_nb)')
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith('batch_transform.')}
-    ckpt = write_contract(dict(state_dict=sd, hyper_parameters=dict(model.hparams), pytorch_lightning_version=pl.__version__),
+    ckpt = write_contract(dict(extra or {}, state_dict=sd, hyper_parameters=dict(model.hparams), **{'pytorch-lightning_version': pl.__version__}),
                           model.contract, model.run_config)
     return atomic_write(path, write=lambda tmp: torch.save(ckpt, tmp))

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_training.ipynb #8a7efaf5
 from __future__ import annotations
-import json, logging, time, warnings
+import dataclasses, datetime, json, logging, time, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +18,14 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision, binary_precision_at_fixed_recall
 from torchvision.utils import make_grid
 
+from .config import (Contract, PneumoniaError, RunConfig, ThresholdRecord, atomic_write, encode_patients,
+                                 resolve_device, save_config)
 from .preprocessing import load_manifest, load_stats
-from .dataset import AugmentConfig, PneumoniaDataModule
-from .model import PneumoniaClassifier
+from .dataset import PneumoniaDataModule, load_images
+from .model import PneumoniaClassifier, load_classifier, save_classifier
 
 # %% auto #0
-__all__ = ['resolve_precision', 'DataContract', 'AugmentedImages', 'TrainResult', 'train', 'pooled_metrics', 'predict_rows',
+__all__ = ['resolve_precision', 'TrainingDiverged', 'AugmentedImages', 'TrainResult', 'train', 'pooled_metrics', 'predict_rows',
            'CVResult', 'cross_validate']
 
 # %% ../nbs/05_training.ipynb #a9ed356b
@@ -37,13 +39,16 @@ def resolve_precision(precision:str='auto', accelerator:str='auto')->str:
 def _on_gpu(accelerator:str)->bool: return accelerator in ('auto', 'gpu', 'cuda') and torch.cuda.is_available()
 
 # %% ../nbs/05_training.ipynb #26d2249b
-class DataContract(Callback):
-    "Store the input contract (image size, normalisation) in every checkpoint."
-    def __init__(self, size:int, mean:float, std:float, extra:dict|None=None):
-        self.contract = dict(size=int(size), mean=float(mean), std=float(std), channels=1, **(extra or {}))
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint): checkpoint['pneumonia_nb'] = dict(self.contract)
-    def state_dict(self): return dict(self.contract)
-    def load_state_dict(self, state): self.contract.update(state)
+class TrainingDiverged(PneumoniaError):
+    "The training loss became NaN or infinite."
+
+class _StopOnNonFinite(Callback):
+    "Stop with `TrainingDiverged` at the end of an epoch whose mean training loss is not finite."
+    def on_train_epoch_end(self, trainer, pl_module):
+        loss = trainer.callback_metrics.get('train/loss_epoch')
+        if loss is not None and not torch.isfinite(loss).all():
+            raise TrainingDiverged('optim.lr', f'the training loss became {float(loss)} in epoch {trainer.current_epoch}: '
+                                   f'the run diverged (learning rate {pl_module.hparams.lr}); lower the learning rate')
 
 # %% ../nbs/05_training.ipynb #765189c9
 def _sample_images(loader, n:int)->torch.Tensor:
@@ -85,6 +90,8 @@ def _quiet_lightning(quiet:bool=True):
             for l, v in zip(loggers, levels): l.setLevel(v)
 
 # %% ../nbs/05_training.ipynb #c8d0d952
+_SHOWN = ('recall', 'specificity', 'precision', 'accuracy', 'f1')
+
 @dataclass
 class TrainResult:
     "What `train` produced."
@@ -92,102 +99,121 @@ class TrainResult:
     best_checkpoint: Path|None
     last_checkpoint: Path|None
     log_dir: Path
-    metrics: dict
-    hparams: dict
+    metrics: dict # Lightning's validation metrics of the best checkpoint (thresholded at 0.5)
+    config: RunConfig # the resolved configuration
+    threshold: ThresholdRecord|None # the operating threshold stored in best.ckpt (None: the validation split has one class)
+    at_threshold: dict # validation metrics at the operating threshold
+    at_half: dict # validation metrics at 0.5
     seconds: float
     rank_zero: bool = True # False in the other processes of a multi-process (DDP) run
     def summary(self)->str:
-        keys = ['auroc', 'ap', 'acc', 'precision', 'recall', 'specificity', 'f1', 'loss']
-        rows = [f'  {k:12} {self.metrics[f"val/{k}"]:.4f}' for k in keys if f'val/{k}' in self.metrics]
-        return '\n'.join([f'validation metrics of the best checkpoint (threshold 0.5):', *rows,
-                          f'checkpoint   {self.best_checkpoint}', f'last         {self.last_checkpoint}',
-                          f'logs         {self.log_dir}   (tensorboard --logdir {self.log_dir.parent})',
-                          f'time         {self.seconds:.0f} s'])
+        m, t = self.metrics, self.threshold
+        lines = [f"validation split, best checkpoint: AUROC {m.get('val/auroc', float('nan')):.4f}, AP {m.get('val/ap', float('nan')):.4f}"]
+        if t is not None:
+            lines.append(f'  {"":12} {"at the operating threshold " + format(t.value, ".3f"):>32} {"at 0.5":>8}')
+            lines += [f'  {k:12} {self.at_threshold[k]:>32.4f} {self.at_half[k]:>8.4f}' for k in _SHOWN]
+            lines.append(f'operating threshold {t.value:.4f} ({t.method}' + (f' {t.target}' if t.target is not None else '')
+                         + f', chosen on the validation split, {t.n} patients), stored in the checkpoint')
+        else: lines.append('no operating threshold stored: the validation split has patients of one class only')
+        return '\n'.join(lines + [f'checkpoint   {self.best_checkpoint}', f'last         {self.last_checkpoint}',
+                                   f'config       {self.out/"config.yaml"}',
+                                   f'logs         {self.log_dir}   (tensorboard --logdir {self.log_dir.parent})',
+                                   f'time         {self.seconds:.0f} s'])
 
 # %% ../nbs/05_training.ipynb #66cd2cfd
+def _data_module(cache, cfg:RunConfig, gpu:bool, multi:bool)->PneumoniaDataModule:
+    "The data module `cfg` asks for, on this hardware."
+    h, o = cfg.hardware, cfg.optim
+    augment_on = ('gpu' if gpu else 'cpu') if h.augment_on == 'auto' else h.augment_on
+    in_memory = False if h.in_memory == 'off' else h.in_memory
+    if in_memory in ('auto', 'gpu') and multi: in_memory = False   # each process reads its own shard of the files
+    return PneumoniaDataModule(cache, fold=cfg.fit.fold, batch_size=o.batch_size, num_workers=h.loader_workers, balanced=o.balanced,
+                               aug=cfg.augment, augment_on=augment_on, in_memory=in_memory, seed=cfg.fit.seed)
+
+def _classifier(cfg:RunConfig, dm:PneumoniaDataModule, gpu:bool)->PneumoniaClassifier:
+    "The model `cfg` asks for, with its contract."
+    m, o, h = cfg.model, cfg.optim, cfg.hardware
+    pw = dm.pos_weight if o.pos_weight == 'auto' else o.pos_weight_value
+    model = PneumoniaClassifier(backbone=m.backbone, pretrained=m.pretrained, weights_path=m.weights, loss=o.loss, pos_weight=pw,
+                                focal_alpha=o.focal_alpha, focal_gamma=o.focal_gamma, optimizer=o.optimizer, lr=o.lr,
+                                weight_decay=o.weight_decay, scheduler=o.scheduler, warmup_epochs=o.warmup_epochs, max_epochs=o.epochs,
+                                channels_last=gpu if h.channels_last == 'auto' else bool(h.channels_last), compile=h.compile)
+    if dm.batch_transform is not None: model.batch_transform = dm.batch_transform
+    model.contract = Contract(size=dm.size, mean=dm.mean, std=dm.std, backbone=m.backbone, split=str(load_stats(dm.cache).get('split', 'stratified')),
+                              fold=cfg.fit.fold, cache=str(Path(dm.cache).resolve()), train_patients=encode_patients(dm.train_rows.patientId),
+                              val_patients=encode_patients(dm.val_rows.patientId))
+    model.run_config = cfg
+    return model
+
+def _choose_threshold(model:PneumoniaClassifier, rows, cfg:RunConfig, device)->tuple:
+    "(threshold record or None, metrics at it, metrics at 0.5) on `rows`, by `cfg.evaluate`'s rule (see `06_evaluation`)."
+    from pneumonia_nb.evaluation import choose_threshold, predict_images, threshold_metrics
+    y = rows.Target.to_numpy(); p = predict_images(model.to(device).eval(), load_images(rows), model.contract)
+    ev = cfg.evaluate
+    try: value = choose_threshold(y, p, ev.threshold_method, ev.target)
+    except ValueError: return None, {}, threshold_metrics(y, p, 0.5)   # one class only: nothing to choose on
+    at = threshold_metrics(y, p, value)
+    rec = ThresholdRecord(float(value), ev.threshold_method, ev.target if ev.threshold_method in ('sensitivity', 'fixed') else None,
+                          split='val', n=len(y), positives=int(y.sum()), chosen=datetime.datetime.now().isoformat(timespec='seconds'),
+                          by='train', metrics={k: float(at[k]) for k in ('recall', 'specificity', 'precision')})
+    return rec, at, threshold_metrics(y, p, 0.5)
+
 def train(cache, # cache folder written by `preprocess`
-          out, # output folder: checkpoints/, logs/, metrics.json
-          fold:int|None=None, # validate on this fold (train on the others); None: the manifest's train/val split
-          backbone:str='resnet18', # torchvision backbone, see `BACKBONES`
-          pretrained:str='auto', # 'auto', 'imagenet' or 'none'
-          weights:str|None=None, # local torchvision weights file (instead of downloading ImageNet weights)
-          epochs:int=30, # training epochs
-          batch_size:int=64, # images per step (per device)
-          lr:float=1e-3, # peak learning rate
-          optimizer:str='adamw', # 'adam', 'adamw' or 'sgd'
-          weight_decay:float=1e-4, # weight decay (not on biases and norms)
-          scheduler:str='cosine', # 'cosine' (warm-up then cosine), 'onecycle' or 'none'
-          warmup_epochs:float=1.0, # warm-up length
-          loss:str='bce', # 'bce' or 'focal'
-          pos_weight:float|str|None='auto', # positive weight: 'auto' = negatives/positives of the train split
-          balanced:bool=False, # sample both classes equally
-          aug:AugmentConfig|None=None, # augmentation (default: the original example's recipe); None or enabled=False: none
-          augment_on:str='auto', # 'cpu' (loader workers), 'gpu' (whole batches on the device) or 'auto'
-          in_memory:str|bool='auto', # keep the cache in memory: 'gpu', 'cpu', False or 'auto'
-          size:int|None=None, # training image size (default: the cache's)
-          num_workers:int|None=None, # data loader processes (default: up to 8 cores)
-          accelerator:str='auto', # 'cpu', 'gpu' or 'auto'
-          devices:int|str='auto', # devices per node
-          num_nodes:int=1, # nodes (multi-node DDP through torchrun or SLURM)
-          strategy:str='auto', # 'auto', 'ddp', 'ddp_spawn', ...
-          precision:str='auto', # 'auto', '32-true', 'bf16-mixed', '16-mixed'
-          channels_last:bool|str='auto', # channels-last memory format (auto: on GPU)
-          compile:bool=False, # torch.compile the backbone
-          early_stopping:int=0, # stop after this many epochs without a better val AUROC (0: never)
-          seed:int=42, # seed of everything (weights, sampling, augmentation)
-          deterministic:bool=False, # deterministic algorithms (slower; bit-reproducible runs)
+          out, # output folder: config.yaml, checkpoints/, logs/, metrics.json
+          config:RunConfig|None=None, # the run's configuration (default: `RunConfig()`, the default recipe)
           resume:str|None=None, # checkpoint to resume from, or 'last' for out/checkpoints/last.ckpt
           progress:bool=True, # progress bar
           log_images:bool=True, # log a grid of augmented images to TensorBoard
           limit_batches:int|float|None=None, # use only this many batches per epoch (quick checks)
+          **overrides, # fields of `config` to change, by name (e.g. epochs=3, lr=3e-4)
          )->TrainResult:
-    "Train a `PneumoniaClassifier` on a cache; keep the best and the last checkpoint; log to TensorBoard."
+    "Train a `PneumoniaClassifier` on a cache; keep the best and the last checkpoint; choose and store the operating threshold."
     t0 = time.time()
+    cfg = (config or RunConfig()).override(**overrides)
+    o, h = cfg.optim, cfg.hardware
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    pl.seed_everything(seed, workers=True, verbose=False)
-    gpu = _on_gpu(accelerator)
-    multi = strategy.startswith('ddp') or num_nodes > 1 or (devices not in ('auto', 1, '1'))
-    if augment_on == 'auto': augment_on = 'gpu' if gpu else 'cpu'
-    if in_memory in ('auto', 'gpu') and multi: in_memory = False   # each process reads its own shard of the files
-    dm = PneumoniaDataModule(cache, fold=fold, batch_size=batch_size, num_workers=num_workers, balanced=balanced,
-                             aug=AugmentConfig() if aug is None else aug, size=size, augment_on=augment_on,
-                             in_memory=in_memory, seed=seed)
-    dm.setup('fit')
-    pw = dm.pos_weight if pos_weight == 'auto' else (None if pos_weight in (None, 'none') else float(pos_weight))
-    if channels_last == 'auto': channels_last = gpu
-    model = PneumoniaClassifier(backbone=backbone, pretrained=pretrained, weights_path=weights, loss=loss, pos_weight=pw,
-                                optimizer=optimizer, lr=lr, weight_decay=weight_decay, scheduler=scheduler,
-                                warmup_epochs=warmup_epochs, max_epochs=epochs, channels_last=bool(channels_last), compile=compile)
-    if augment_on == 'gpu': model.batch_transform = dm.batch_transform
-    ckpt = ModelCheckpoint(dirpath=out/'checkpoints', filename='best', monitor='val/auroc', mode='max',
-                           auto_insert_metric_name=False, enable_version_counter=False)
-    last = ModelCheckpoint(dirpath=out/'checkpoints', filename='last', monitor=None, save_top_k=1, enable_version_counter=False)
-    callbacks = [ckpt, last, LearningRateMonitor('step'), DataContract(dm.size, dm.mean, dm.std, dict(fold=fold))]
-    if log_images: callbacks.append(AugmentedImages())
-    if early_stopping: callbacks.append(EarlyStopping('val/auroc', mode='max', patience=early_stopping))
-    if progress: callbacks.append(TQDMProgressBar(refresh_rate=max(1, len(dm.train_rows) // batch_size // 20)))
-    logger = TensorBoardLogger(out, name='logs', default_hp_metric=False)
     ckpt_path = str(out/'checkpoints'/'last.ckpt') if resume == 'last' else resume
     if ckpt_path is not None and not Path(ckpt_path).exists(): raise FileNotFoundError(f'{ckpt_path}: no checkpoint to resume from')
+    pl.seed_everything(cfg.fit.seed, workers=True, verbose=False)
+    gpu = _on_gpu(h.accelerator)
+    multi = h.strategy.startswith('ddp') or h.num_nodes > 1 or h.devices not in ('auto', 1)
+    dm = _data_module(cache, cfg, gpu, multi); dm.setup('fit')
+    model = _classifier(cfg, dm, gpu)
+    best_cb = ModelCheckpoint(dirpath=out/'checkpoints', filename='best', monitor='val/auroc', mode='max', save_weights_only=True,
+                              auto_insert_metric_name=False, enable_version_counter=False)
+    last_cb = ModelCheckpoint(dirpath=out/'checkpoints', filename='last', monitor=None, save_top_k=1, enable_version_counter=False)
+    callbacks = [best_cb, last_cb, LearningRateMonitor('step'), _StopOnNonFinite()]
+    if log_images: callbacks.append(AugmentedImages())
+    if o.early_stopping: callbacks.append(EarlyStopping('val/auroc', mode='max', patience=o.early_stopping))
+    if progress: callbacks.append(TQDMProgressBar(refresh_rate=max(1, len(dm.train_rows) // o.batch_size // 20)))
+    logger = TensorBoardLogger(out, name='logs', default_hp_metric=False)
     with _quiet_lightning(not progress):
-        trainer = pl.Trainer(max_epochs=epochs, accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
-                             precision=resolve_precision(precision, accelerator), callbacks=callbacks, logger=logger,
-                             deterministic=deterministic, enable_progress_bar=progress, enable_model_summary=progress,
-                             log_every_n_steps=min(50, max(1, len(dm.train_rows) // batch_size)),
+        trainer = pl.Trainer(max_epochs=o.epochs, accelerator=h.accelerator, devices=h.devices, num_nodes=h.num_nodes, strategy=h.strategy,
+                             precision=resolve_precision(h.precision, h.accelerator), callbacks=callbacks, logger=logger,
+                             deterministic=cfg.fit.deterministic, enable_progress_bar=progress, enable_model_summary=False,
+                             log_every_n_steps=min(50, max(1, len(dm.train_rows) // o.batch_size)),
                              limit_train_batches=limit_batches, limit_val_batches=limit_batches)
-        logger.log_hyperparams(dict(model.hparams, **{'data/cache': str(cache), 'data/fold': fold, 'data/size': dm.size,
+        if trainer.is_global_zero: save_config(cfg, out/'config.yaml')
+        logger.log_hyperparams(dict(model.hparams, **{'data/cache': str(cache), 'data/fold': cfg.fit.fold, 'data/size': dm.size,
                                'data/mean': dm.mean, 'data/std': dm.std, 'data/train': len(dm.train_rows), 'data/val': len(dm.val_rows),
-                               'data/augment_on': augment_on, 'data/in_memory': str(in_memory), 'data/balanced': balanced,
-                               'data/batch_size': batch_size, 'seed': seed, 'world_size': trainer.world_size}))
+                               'data/augment_on': dm.augment_on, 'data/in_memory': str(dm.in_memory), 'data/balanced': o.balanced,
+                               'data/batch_size': o.batch_size, 'seed': cfg.fit.seed, 'world_size': trainer.world_size}))
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
-        best = ckpt.best_model_path or None
+        best = best_cb.best_model_path or None
         val = trainer.validate(model, datamodule=dm, ckpt_path=best or 'last', verbose=False)[0]
     metrics = {k: float(v) for k, v in val.items()}
-    if trainer.is_global_zero:
-        (out/'metrics.json').write_text(json.dumps(dict(metrics=metrics, best_checkpoint=best, fold=fold), indent=2))
     last_path = out/'checkpoints'/'last.ckpt'
-    return TrainResult(out, Path(best) if best else None, last_path if last_path.exists() else None,
-                       Path(logger.log_dir), metrics, dict(model.hparams), time.time() - t0, trainer.is_global_zero)
+    thr, at, half = None, {}, {}
+    if trainer.is_global_zero:
+        thr, at, half = _choose_threshold(model, dm.val_rows, cfg, resolve_device('cuda' if gpu else 'cpu'))
+        model.contract = dataclasses.replace(model.contract, threshold=thr)
+        if best:   # train's own best checkpoint, now with its threshold
+            meta = torch.load(best, map_location='cpu', weights_only=True)
+            save_classifier(model, best, extra={k: meta[k] for k in ('epoch', 'global_step') if k in meta})
+        atomic_write(out/'metrics.json', json.dumps(dict(metrics=metrics, at_threshold=at, at_0_5=half, best_checkpoint='checkpoints/best.ckpt' if best else None,
+                                                         threshold=None if thr is None else dataclasses.asdict(thr), fold=cfg.fit.fold), indent=2))
+    return TrainResult(out, Path(best) if best else None, last_path if last_path.exists() else None, Path(logger.log_dir), metrics,
+                       cfg, thr, at, half, time.time() - t0, trainer.is_global_zero)
 
 # %% ../nbs/05_training.ipynb #61258f53
 def pooled_metrics(probs, # predicted probabilities
@@ -201,16 +227,13 @@ def pooled_metrics(probs, # predicted probabilities
             f'precision@recall{recall}': float(prec), f'threshold@recall{recall}': float(thr)}
 
 # %% ../nbs/05_training.ipynb #d231496f
-@torch.no_grad()
 def predict_rows(checkpoint, # a checkpoint written by `train`
-                 dm:PneumoniaDataModule, # a set-up data module; its validation rows are predicted
-                 batch_size:int=256)->np.ndarray:
-    "Probabilities for the data module's validation rows, in their order."
-    model = PneumoniaClassifier.load_from_checkpoint(checkpoint, map_location='cpu', weights_only=False).eval()
-    dev = next(iter(model.parameters())).device
-    out = []
-    for x, _ in dm.val_dataloader(): out.append(torch.sigmoid(model(x.to(dev).float())).float().cpu())
-    return torch.cat(out).numpy()
+                 rows:pd.DataFrame, # manifest rows (with `path`) to predict
+                 device='auto')->np.ndarray:
+    "Probabilities for `rows`, in their order, with the checkpoint's own normalisation."
+    from pneumonia_nb.evaluation import predict_images
+    model, contract = load_classifier(checkpoint, map_location=device)
+    return predict_images(model, load_images(rows), contract)
 
 @dataclass
 class CVResult:
@@ -226,27 +249,28 @@ class CVResult:
 
 def cross_validate(cache, # cache folder written by `preprocess`
                    out, # output folder: fold_0/, fold_1/, ..., oof.csv, cv.json
-                   folds:int|None=None, # number of folds to run (default: all folds in the manifest)
+                   config:RunConfig|None=None, # the configuration of every fold's run; `fit.cv_folds` folds (default: all in the manifest)
                    select:str='last', # model that predicts its fold: 'last' epoch, or 'best' val AUROC (optimistic: chosen on that fold)
-                   **kwargs, # everything else is passed to `train`
+                   progress:bool=True, log_images:bool=True, limit_batches=None, # passed to `train`
+                   **overrides, # fields of `config` to change, by name
                   )->CVResult:
     "Train one model per fold, predict each fold with the model that did not see it, pool the predictions."
+    cfg = (config or RunConfig()).override(**overrides)
     out = Path(out); m = load_manifest(cache)
     k_all = int(m.fold.max()) + 1
-    folds = k_all if folds is None else folds
+    folds = cfg.fit.cv_folds or k_all
     if select not in ('last', 'best'): raise ValueError(f"select must be 'last' or 'best', not {select!r}")
     if not 2 <= folds <= k_all: raise ValueError(f'folds must be between 2 and {k_all} (the folds in {cache}), not {folds}')
     rows, oof = [], []
     for k in range(folds):
-        r = train(cache, out/f'fold_{k}', fold=k, **kwargs)
+        r = train(cache, out/f'fold_{k}', cfg.override(fold=k, cv_folds=None), progress=progress, log_images=log_images, limit_batches=limit_batches)
         rows.append({'fold': k, **{n.split('/', 1)[1]: v for n, v in r.metrics.items() if n.startswith('val/')}})
-        dm = PneumoniaDataModule(cache, fold=k, augment_on='cpu', in_memory=False, num_workers=0)
-        dm.setup('validate')
+        val = m[(m.fold == k) & (m.split != 'test')].reset_index(drop=True)
         ckpt = r.last_checkpoint if select == 'last' else r.best_checkpoint
-        oof.append(dm.val_rows[['patientId', 'Target']].assign(fold=k, probability=predict_rows(ckpt, dm)))
+        oof.append(val[['patientId', 'Target']].assign(fold=k, probability=predict_rows(ckpt, val)))
     oof = pd.concat(oof, ignore_index=True)
     pooled = pooled_metrics(oof.probability, oof.Target)
-    oof.to_csv(out/'oof.csv', index=False)
+    atomic_write(out/'oof.csv', oof.to_csv(index=False))
     res = CVResult(pd.DataFrame(rows), oof, pooled)
-    (out/'cv.json').write_text(json.dumps(dict(folds=rows, pooled=pooled), indent=2))
+    atomic_write(out/'cv.json', json.dumps(dict(folds=rows, pooled=pooled), indent=2))
     return res

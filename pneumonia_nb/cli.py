@@ -4,337 +4,338 @@
 
 # %% ../nbs/08_cli.ipynb #daaecb02
 from __future__ import annotations
-import argparse, sys, textwrap, time
+import argparse, dataclasses, re, sys, time, warnings
 from pathlib import Path
 
-from .demo import make_demo_dataset
-from .preprocessing import DicomError, preprocess, export_folder
-
 # %% auto #0
-__all__ = ['DEMO_SIZE', 'DEMO_EPOCHS', 'DEMO_BATCH', 'build_parser', 'main']
+__all__ = ['build_parser', 'main']
 
-# %% ../nbs/08_cli.ipynb #ad0f16ce
-class _FMT(argparse.ArgumentDefaultsHelpFormatter):
-    "Shows an option's default unless it is None/False or the help already says it."
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False or action.default == argparse.SUPPRESS or '(default' in (action.help or ''):
-            return action.help
-        return super()._get_help_string(action)
+# %% ../nbs/08_cli.ipynb #45001a28
+import yaml
+from jsonargparse import ArgumentParser, Namespace
+from . import __version__
+from .config import (RECIPES, EXPORT_FORMATS, AugmentConfig, ConfigError, DemoConfig, EvaluateConfig, FitConfig, HardwareConfig,
+                                 ModelConfig, OptimConfig, PneumoniaError, PreprocessConfig, RunConfig, config_from_dict, recipe)
 
-def _add_preprocess_options(p:argparse.ArgumentParser, folds:bool=True):
-    "Options of the preprocessing stage (`train` and `run` take the number of folds from their own --folds)."
-    g = p.add_argument_group('preprocessing')
-    g.add_argument('--size', type=int, default=None, help=f'side in pixels of the square images in the cache (default: 224; {DEMO_SIZE} on the demo dataset)')
-    g.add_argument('--workers', type=int, default=None, help='processes for decoding (default: all cores)')
-    g.add_argument('--split', choices=['stratified', 'seed'], default='stratified',
-                   help="'stratified': seeded patient-level split stratified by class; 'seed': the original example's "
-                        "split (first 24,000 patients train, the remaining 2,684 validation; full challenge set only)")
-    g.add_argument('--val-frac', type=float, default=0.1, help="validation share for --split stratified (chooses the checkpoint and the threshold)")
-    g.add_argument('--test-frac', type=float, default=None, help="held-out test share for --split stratified, reported on by evaluate "
-                   "(default: 0.1 with --split stratified, 0.2 on the demo dataset, 0 with --split seed)")
-    if folds: g.add_argument('--folds', type=int, default=5, help='cross-validation folds recorded in the manifest')
-    g.add_argument('--seed', type=int, default=42, help='random seed of the split and folds')
-    g.add_argument('--no-fast-decode', dest='fast', action='store_false',
-                   help='decode JPEG at full size instead of at reduced scale (slower; same image within 2 grey levels)')
+# %% ../nbs/08_cli.ipynb #6f6e5a9e
+_GROUPS = {'demo': DemoConfig, 'preprocess': PreprocessConfig, 'model': ModelConfig, 'optim': OptimConfig, 'augment': AugmentConfig,
+           'hardware': HardwareConfig, 'fit': FitConfig, 'evaluate': EvaluateConfig}
+_TRAINING = list(_GROUPS)
 
-def _test_frac(args, demo:bool=False)->float:
-    if args.test_frac is not None: return args.test_frac
-    return 0.0 if args.split == 'seed' else 0.2 if demo else 0.1
+def _field_docs(cls)->dict:
+    "The comment after each field of dataclass `cls`: its documentation."
+    import inspect
+    return {m.group(1): m.group(2).strip() for line in inspect.getsource(cls).splitlines()
+            if (m := re.match(r'\s+(\w+)\s*:[^#]*#\s*(.+)$', line))}
 
-def _preprocess_from(args, data:Path, out:Path, demo:bool=False):
-    res = preprocess(data, out, size=args.size or 224, workers=args.workers, split=args.split, val_frac=args.val_frac,
-                     test_frac=_test_frac(args, demo), folds=max(args.folds or 5, 2), seed=args.seed, fast=args.fast,
-                     progress=not args.quiet)
+def _add_group(p:ArgumentParser, key:str):
+    "The options of group `key` as `--key.field`: typed, choices from the types, the field's comment as help."
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        p.add_class_arguments(_GROUPS[key], key, sub_configs=False)
+    docs = _field_docs(_GROUPS[key])
+    for a in p._actions:
+        if a.dest.startswith(key + '.') and (d := docs.get(a.dest[len(key) + 1:])): a.help = d.replace('%', '%%')
+        if a.dest == key: a.help = argparse.SUPPRESS   # a file for one group: --config covers them all
+
+def _subparser(description:str, groups:list, config:bool=True)->ArgumentParser:
+    p = ArgumentParser(description=description, exit_on_error=False)
+    p.add_argument('-q', '--quiet', action='store_true', help='no progress bars')
+    if config:
+        p.add_argument('--config', action='append', default=[], metavar='FILE', help='YAML file of options, e.g. the config.yaml of a run '
+                       '(each command takes the groups it uses; options given on the command line override it; may repeat). '
+                       '--print_config prints the resolved configuration as YAML and exits')
+    for g in groups: _add_group(p, g)
+    return p
+
+# %% ../nbs/08_cli.ipynb #b4dd3dd0
+def _inputs(p:ArgumentParser, required:bool=False):
+    p.add_argument('--data', type=str, default=None, help='challenge folder (stage_2_train_labels.csv, stage_2_train_images/*.dcm; '
+                   'stage_2_detailed_class_info.csv when present)' + ('' if required else '; omit, with --cache, to use the demo dataset'))
+
+# %% ../nbs/08_cli.ipynb #6c03c72d
+def _demo_parser()->ArgumentParser:
+    p = _subparser('Write the built-in demo dataset in the RSNA challenge layout: generated chest-radiograph-like DICOMs (CR, 8-bit '
+                   'MONOCHROME2, JPEG Baseline), the labels CSV with boxes and the detailed class CSV. About 22% are positives, '
+                   'with opacities inside their boxes.', ['demo'])
+    p.add_argument('--out', type=str, required=True, help='folder to write the dataset into')
+    return p
+
+def _preprocess_parser()->ArgumentParser:
+    p = _subparser('Decode every labelled DICOM of a challenge folder into a cache of square uint8 arrays, with manifest.csv '
+                   '(labels, boxes, split, folds, header fields), stats.json (train mean/std) and report.json (label checks, '
+                   'unreadable files). A rerun only does what is missing or changed.', ['preprocess'])
+    _inputs(p, required=True)
+    p.add_argument('--out', type=str, required=True, help='cache folder to write')
+    p.add_argument('--export_folder', type=str, default=None, help="also write the original example's processed/{train,val}/{0,1}/*.npy layout (float16) here")
+    return p
+
+def _train_parser(run:bool=False)->ArgumentParser:
+    desc = ('Run the pipeline end to end into OUT: OUT/cache (preprocessing), OUT/train (training), OUT/evaluation (metrics with '
+            'confidence intervals, plots, Grad-CAM and report.md on the held-out test split, or the original example\'s protocol '
+            'when there is none).' if run else
+            'Train a ResNet-style classifier with PyTorch Lightning: OUT/config.yaml (replay with --config OUT/config.yaml), best and '
+            'last checkpoints in OUT/checkpoints (best.ckpt holds the operating threshold chosen on the validation split), '
+            'TensorBoard logs in OUT/logs, validation metrics in OUT/metrics.json.')
+    p = _subparser(desc + ' Without --data or --cache the demo dataset is generated into OUT/demo_data and the demo recipe is used.', _TRAINING)
+    p.add_argument('--recipe', type=str, default=None, choices=list(RECIPES), help="starting configuration: 'default', 'original' (the "
+                   "original example's: Adam 1e-4 constant, pos_weight 3, batch 64, 35 epochs) or 'demo' (128², 10 epochs of batch 32); "
+                   "--config files and options override it (default: 'demo' without --data/--cache, else 'default')")
+    _inputs(p)
+    p.add_argument('--cache', type=str, default=None, help='cache folder written by pneumonia_nb preprocess (instead of --data)')
+    p.add_argument('--out', type=str, required=True, help='output folder')
+    if not run: p.add_argument('--resume', type=str, default=None, help="checkpoint to resume from, or 'last' for OUT/checkpoints/last.ckpt")
+    return p
+
+def _checkpoint_options(p:ArgumentParser):
+    p.add_argument('--ckpt', type=str, required=True, help='checkpoint written by pneumonia_nb train (e.g. OUT/checkpoints/best.ckpt)')
+    p.add_argument('--trust_checkpoint', action='store_true', help='allow checkpoints that need full unpickling (runs code from the file: trusted sources only)')
+
+def _evaluate_parser()->ArgumentParser:
+    p = _subparser('Evaluate a checkpoint on the held-out test split of its cache (or on a separate labelled dataset with --data) and '
+                   'write OUT/metrics.json, OUT/predictions.csv, the plots as PNG and OUT/report.md. The operating threshold is the one '
+                   'stored in the checkpoint, or chosen anew on the validation split with --evaluate.threshold_method (then written to '
+                   'OUT/checkpoint.ckpt, never into the checkpoint given). A cache without a test split (--preprocess.split seed, or '
+                   "test_frac 0) is reported with the original example's protocol: its validation split at 0.5, labelled as such.", ['evaluate'])
+    _checkpoint_options(p)
+    _inputs(p, required=True)
+    p.add_argument('--cache', type=str, default=None, help='the cache the checkpoint was trained on (its test split is evaluated)')
+    p.add_argument('--out', type=str, required=True, help='folder for the report')
+    p.add_argument('--split', type=str, default=None, choices=['test', 'all', 'original'], help="split to report on (default: 'test' with "
+                   "--cache, or 'original' when it has no test split; 'all' with --data)")
+    p.add_argument('--rechoose', action='store_true', help='choose the threshold anew on the validation split by --evaluate.threshold_method '
+                   '(default: the stored one)')
+    p.add_argument('--allow_seen', action='store_true', help='report on patients the model trained or chose its threshold on (labelled as optimistic)')
+    p.add_argument('--workers', type=int, default=None, help='decoding processes with --data (default: all cores)')
+    return p
+
+def _predict_parser()->ArgumentParser:
+    p = _subparser('Predict DICOM files or folders (also PNG/JPEG) with a checkpoint, using the training preprocessing and the '
+                   'operating threshold stored in the checkpoint. Writes a CSV with patientId, probability, prediction, threshold, file; '
+                   'unreadable files are listed with the reason (and in OUT_errors.csv) and do not stop the run.', [], config=False)
+    _checkpoint_options(p)
+    p.add_argument('paths', nargs='+', type=str, help='files or folders (searched recursively)')
+    p.add_argument('--out', type=str, required=True, help='CSV file to write')
+    p.add_argument('--batch_size', type=int, default=64, help='images per batch')
+    p.add_argument('--device', type=str, default='auto', help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
+    p.add_argument('--workers', type=int, default=None, help='decoding processes (default: up to 8 cores)')
+    return p
+
+def _export_parser()->ArgumentParser:
+    p = _subparser('Export a checkpoint to TorchScript (model.pt) and ONNX (model.onnx) with the input contract (contract.json): the '
+                   'normalisation is inside the exported model.', [], config=False)
+    _checkpoint_options(p)
+    p.add_argument('--out', type=str, required=True, help='folder to write')
+    p.add_argument('--format', type=list[str], default=list(EXPORT_FORMATS), help=f'formats to write, among {list(EXPORT_FORMATS)}')
+    return p
+
+# %% ../nbs/08_cli.ipynb #6c5c3a1e
+def _progress(args)->bool: return not args.quiet
+
+def _resolved(p:ArgumentParser, args:Namespace, groups:list, base:RunConfig)->RunConfig:
+    "The `RunConfig` the parsed `args` describe (the groups of this command from the options, the rest from `base`)."
+    d = {g: args[g].as_dict() if isinstance(args[g], Namespace) else dataclasses.asdict(args[g]) for g in groups}
+    for k in ('data', 'cache'):
+        if k in args and args[k] is not None: d[k] = str(Path(args[k]).resolve())
+    return config_from_dict(d, 'the command line', base=base)
+
+def _demo(args, cfg:RunConfig):
+    from pneumonia_nb.demo import make_demo_dataset
+    t, c = time.time(), cfg.demo
+    d = make_demo_dataset(args.out, n=c.n, image_size=c.image_size, seed=c.generator_seed, progress=_progress(args))
+    print(f'demo dataset  {d}  ({c.n} patients, {c.image_size}² DICOMs, {time.time()-t:.1f} s)')
+    return d
+
+def _preprocess_from(data, out, cfg:RunConfig, args):
+    from pneumonia_nb.preprocessing import preprocess
+    c = cfg.preprocess
+    res = preprocess(data, out, size=c.size, workers=c.workers, split=c.split, val_frac=c.val_frac, test_frac=c.test_share,
+                     folds=c.folds, seed=c.split_seed, fast=c.fast_decode, progress=_progress(args))
     print(res.summary())
-    return res
+    return res.cache
 
-# %% ../nbs/08_cli.ipynb #f6ed1479
-def _demo_parser(sub):
-    p = sub.add_parser('demo', formatter_class=_FMT, help='write the built-in demo dataset (generated DICOMs in the RSNA layout)',
-                       description='Write a demo dataset in the RSNA challenge layout: generated chest-radiograph-like '
-                                   'DICOMs (CR, 8-bit MONOCHROME2, JPEG Baseline), the labels CSV with boxes and the '
-                                   'detailed class CSV. About 22%% are positives, with opacities inside their boxes.')
-    p.add_argument('--out', type=Path, required=True, help='folder to write the dataset into')
-    p.add_argument('-n', '--n', type=int, default=300, help='number of patients')
-    p.add_argument('--image-size', type=int, default=1024, help='side of the generated images in pixels')
-    p.add_argument('--seed', type=int, default=0, help='random seed (same seed, same dataset)')
-    return p
+def _preprocess(args, cfg:RunConfig):
+    from pneumonia_nb.preprocessing import export_folder
+    _preprocess_from(args.data, args.out, cfg, args)
+    if args.export_folder: print(f'exported     {export_folder(args.out, args.export_folder, progress=_progress(args))}')
 
-def _demo(args):
-    t = time.time()
-    d = make_demo_dataset(args.out, n=args.n, image_size=args.image_size, seed=args.seed, progress=not args.quiet)
-    print(f'demo dataset  {d}  ({args.n} patients, {args.image_size}² DICOMs, {time.time()-t:.1f} s)')
+def _cache_for(args, cfg:RunConfig, out:Path)->tuple:
+    "(cache folder, config with its inputs): preprocess --data, use --cache, or make the demo dataset."
+    if cfg.data is not None:
+        if not Path(cfg.data).is_dir(): raise ConfigError('data', f'{cfg.data}: data folder not found')
+        cache = _preprocess_from(cfg.data, out/'cache', cfg, args)
+    elif cfg.cache is not None:
+        if not (Path(cfg.cache)/'manifest.csv').is_file(): raise ConfigError('cache', f'{cfg.cache}: no cache there (no manifest.csv); run pneumonia_nb preprocess first')
+        cache = Path(cfg.cache)
+    else:
+        print('== demo dataset'); data = _demo(Namespace(out=out/'demo_data', quiet=args.quiet), cfg)
+        cache = _preprocess_from(data, out/'cache', cfg, args)
+    return cache
 
-# %% ../nbs/08_cli.ipynb #ea7106b8
-def _preprocess_parser(sub):
-    p = sub.add_parser('preprocess', formatter_class=_FMT, help='decode the DICOMs into the image cache',
-                       description='Decode every labelled DICOM of a challenge folder into a cache of square uint8 '
-                                   'arrays, with manifest.csv (labels, boxes, split, folds, header fields), stats.json '
-                                   '(train mean/std) and report.json (label checks, unreadable files). A rerun only '
-                                   'does what is missing or changed.')
-    p.add_argument('--data', type=Path, required=True,
-                   help='challenge folder: stage_2_train_labels.csv, stage_2_train_images/*.dcm '
-                        '(stage_2_detailed_class_info.csv is used when present)')
-    p.add_argument('--out', type=Path, required=True, help='cache folder to write')
-    _add_preprocess_options(p)
-    p.add_argument('--export-folder', type=Path, default=None,
-                   help="also write the original example's processed/{train,val}/{0,1}/*.npy layout (float16) here")
-    return p
-
-def _preprocess(args):
-    _preprocess_from(args, args.data, args.out)
-    if args.export_folder: print(f'exported     {export_folder(args.out, args.export_folder, progress=not args.quiet)}')
-
-# %% ../nbs/08_cli.ipynb #80b37904
-DEMO_SIZE, DEMO_EPOCHS, DEMO_BATCH = 128, 10, 32
-
-def _add_train_options(p:argparse.ArgumentParser):
-    "Options of the training stage (used by `train` and `run`)."
-    g = p.add_argument_group('model')
-    g.add_argument('--backbone', default='resnet18', choices=['resnet18', 'resnet34', 'resnet50', 'densenet121', 'efficientnet_b0'], help='torchvision backbone (1-channel input, 1 logit)')
-    g.add_argument('--pretrained', default='auto', choices=['auto', 'imagenet', 'none'],
-                   help="ImageNet weights: 'auto' uses them when cached or downloadable and warns otherwise; 'imagenet' requires them; 'none' starts from random weights")
-    g.add_argument('--weights', default=None, help='a local torchvision weights file (.pth) to start from, e.g. for machines without internet')
-    g = p.add_argument_group('optimisation')
-    g.add_argument('--epochs', type=int, default=None, help=f'training epochs (default: 30; {DEMO_EPOCHS} on the demo dataset)')
-    g.add_argument('--batch-size', type=int, default=None, help=f'images per step and device (default: 64; {DEMO_BATCH} on the demo dataset, whose 200-odd training images give few steps)')
-    g.add_argument('--lr', type=float, default=1e-3, help='peak learning rate')
-    g.add_argument('--optimizer', default='adamw', choices=['adam', 'adamw', 'sgd'], help='optimiser')
-    g.add_argument('--weight-decay', type=float, default=1e-4, help='weight decay (not applied to biases and norms)')
-    g.add_argument('--scheduler', default='cosine', choices=['cosine', 'onecycle', 'none'], help='learning-rate schedule: linear warm-up then cosine, one-cycle, or constant')
-    g.add_argument('--warmup-epochs', type=float, default=1.0, help='warm-up length in epochs')
-    g.add_argument('--loss', default='bce', choices=['bce', 'focal'], help='weighted binary cross-entropy or focal loss')
-    g.add_argument('--pos-weight', default='auto', type=_pos_weight, help="weight of positives in the loss: a number (3 as in the original example), 'auto' (negatives/positives of the train split) or 'none'")
-    g.add_argument('--balanced', action='store_true', help='sample positives and negatives equally')
-    g.add_argument('--no-augment', action='store_true', help='train without augmentation')
-    g.add_argument('--early-stopping', type=int, default=0, metavar='EPOCHS', help='stop after this many epochs without a better validation AUROC (0: never)')
-    g = p.add_argument_group('validation')
-    g.add_argument('--fold', type=int, default=None, help="validate on this fold of the manifest (default: the manifest's train/val split)")
-    g.add_argument('--folds', type=int, default=None, metavar='K', help='k-fold cross-validation over the first K folds; reports mean ± sd and pooled out-of-fold metrics')
-    g = p.add_argument_group('hardware')
-    g.add_argument('--accelerator', default='auto', choices=['auto', 'cpu', 'gpu'], help='where to train')
-    g.add_argument('--devices', default='auto', help="devices per node: a number or 'auto'")
-    g.add_argument('--num-nodes', type=int, default=1, help='nodes for multi-node DDP (torchrun or SLURM)')
-    g.add_argument('--strategy', default='auto', help="Lightning strategy: 'auto', 'ddp', 'ddp_spawn', ...")
-    g.add_argument('--precision', default='auto', help="'auto' (bf16 mixed on GPU, fp32 on CPU), '32-true', 'bf16-mixed' or '16-mixed'")
-    g.add_argument('--augment-on', default='auto', choices=['auto', 'cpu', 'gpu'], help='augment in the loader workers (cpu) or whole batches on the device (gpu); auto: gpu when training on a GPU')
-    g.add_argument('--in-memory', default='auto', choices=['auto', 'gpu', 'cpu', 'off'], help='hold the cache in GPU or CPU memory; auto: on the GPU when it fits')
-    g.add_argument('--compile', action='store_true', help='torch.compile the backbone')
-    g.add_argument('--loader-workers', type=int, default=None, help='data loader processes (default: up to 8 cores)')
-    g = p.add_argument_group('run')
-    g.add_argument('--train-seed', type=int, default=42, help='seed of weights, sampling and augmentation')
-    g.add_argument('--deterministic', action='store_true', help='deterministic algorithms: bit-reproducible, slower')
-    g.add_argument('--resume', default=None, help="checkpoint to resume from, or 'last' for OUT/checkpoints/last.ckpt")
-
-def _devices(v:str):
-    return v if v == 'auto' else int(v)
-
-def _pos_weight(v:str):
-    "argparse type of --pos-weight: a positive number, 'auto' or 'none'."
-    if v in ('auto', 'none'): return v
-    try: w = float(v)
-    except ValueError: w = -1
-    if w <= 0: raise argparse.ArgumentTypeError(f"expected a positive number, 'auto' or 'none', not {v!r}")
-    return w
-
-def _train_from(args, cache:Path, out:Path, demo:bool=False):
+def _train_from(args, cfg:RunConfig, cache, out:Path, resume=None):
     from pneumonia_nb.training import train, cross_validate
-    from pneumonia_nb.dataset import AugmentConfig
-    pw = None if args.pos_weight == 'none' else args.pos_weight
-    kw = dict(backbone=args.backbone, pretrained=args.pretrained, weights=args.weights,
-              epochs=args.epochs or (DEMO_EPOCHS if demo else 30), batch_size=args.batch_size or (DEMO_BATCH if demo else 64), lr=args.lr,
-              optimizer=args.optimizer, weight_decay=args.weight_decay, scheduler=args.scheduler,
-              warmup_epochs=args.warmup_epochs, loss=args.loss, pos_weight=pw, balanced=args.balanced,
-              aug=AugmentConfig(enabled=not args.no_augment), augment_on=args.augment_on,
-              in_memory=False if args.in_memory == 'off' else args.in_memory, num_workers=args.loader_workers,
-              accelerator=args.accelerator, devices=_devices(args.devices), num_nodes=args.num_nodes,
-              strategy=args.strategy, precision=args.precision, compile=args.compile,
-              early_stopping=args.early_stopping, seed=args.train_seed, deterministic=args.deterministic,
-              progress=not args.quiet)
-    if args.folds:
-        res = cross_validate(cache, out, folds=args.folds, **kw)
+    if cfg.fit.cv_folds:
+        res = cross_validate(cache, out, cfg, progress=_progress(args))
         print(res.summary()); print(f'out-of-fold predictions  {out/"oof.csv"}')
     else:
-        res = train(cache, out, fold=args.fold, resume=args.resume, **kw)
+        res = train(cache, out, cfg, resume=resume, progress=_progress(args))
         if res.rank_zero: print(res.summary())   # one summary, not one per DDP process
     return res
 
-def _train_parser(sub):
-    p = sub.add_parser('train', formatter_class=_FMT, help='train the classifier (on the demo dataset without --data/--cache)',
-                       description='Train a ResNet-style classifier with PyTorch Lightning: best and last checkpoints in '
-                                   'OUT/checkpoints, TensorBoard logs in OUT/logs, validation metrics in OUT/metrics.json. '
-                                   'Without --data or --cache the demo dataset is generated and used.')
-    src = p.add_mutually_exclusive_group()
-    src.add_argument('--data', type=Path, default=None, help='challenge folder, preprocessed into OUT/cache first')
-    src.add_argument('--cache', type=Path, default=None, help='cache folder written by pneumonia_nb preprocess')
-    p.add_argument('--out', type=Path, required=True, help='output folder')
-    _add_train_options(p)
-    _add_preprocess_options(p, folds=False)
-    return p
+def _train(args, cfg:RunConfig):
+    out = Path(args.out)
+    _train_from(args, cfg, _cache_for(args, cfg, out), out, resume=args.resume)
 
-def _train(args):
-    cache, demo = args.cache, False
-    if cache is None:
-        data = args.data
-        if data is None:
-            demo = True; data = args.out/'demo_data'
-            _demo(argparse.Namespace(out=data, n=300, image_size=1024, seed=0, quiet=args.quiet))
-            if args.size is None: args.size = DEMO_SIZE
-        cache = _preprocess_from(args, data, args.out/'cache', demo=demo).cache
-    _train_from(args, cache, args.out, demo=demo)
-
-# %% ../nbs/08_cli.ipynb #8131700a
-def _run_parser(sub):
-    p = sub.add_parser('run', formatter_class=_FMT, help='all stages end to end (on the demo dataset without --data)',
-                       description='Run the pipeline end to end into OUT: OUT/cache (preprocessing), OUT/train (training: '
-                                   'checkpoints, TensorBoard logs, metrics), OUT/evaluation (the operating threshold chosen '
-                                   'on the validation split and stored in the checkpoint; metrics with confidence intervals, '
-                                   'plots, Grad-CAM and report.md on the held-out test split). Without --data the built-in '
-                                   'demo dataset is generated into OUT/demo_data and cached at 128².')
-    p.add_argument('--data', type=Path, default=None, help='challenge folder; omit to use the demo dataset')
-    p.add_argument('--out', type=Path, required=True, help='output folder for every stage')
-    p.add_argument('--demo-n', type=int, default=300, help='patients in the demo dataset (without --data)')
-    p.add_argument('--demo-image-size', type=int, default=1024, help='side of the demo DICOMs (without --data)')
-    _add_preprocess_options(p, folds=False)
-    _add_train_options(p)
-    _add_evaluate_options(p)
-    return p
-
-def _run(args):
-    out = args.out
-    data = args.data
-    if data is None:
-        print('== demo dataset'); data = out/'demo_data'
-        _demo(argparse.Namespace(out=data, n=args.demo_n, image_size=args.demo_image_size, seed=0, quiet=args.quiet))
-    if args.data is None and args.size is None: args.size = DEMO_SIZE
-    print('== preprocess')
-    cache = _preprocess_from(args, data, out/'cache', demo=args.data is None).cache
-    print('== train')
-    res = _train_from(args, cache, out/'train', demo=args.data is None)
-    print('== evaluate')
-    if args.folds: print('cross-validation keeps one model per fold: evaluate a checkpoint with pneumonia_nb evaluate'); return
-    if not getattr(res, 'rank_zero', True): return
-    if _test_frac(args, args.data is None) == 0:
-        print('no held-out test split (--test-frac 0): nothing to evaluate on'); return
-    _evaluate_from(args, res.best_checkpoint or res.last_checkpoint, cache, out/'evaluation')
-
-# %% ../nbs/08_cli.ipynb #6c811830
-def _add_evaluate_options(p:argparse.ArgumentParser):
-    "Options of the evaluation stage (used by `evaluate` and `run`)."
-    g = p.add_argument_group('evaluation')
-    g.add_argument('--threshold-method', default=None, choices=['sensitivity', 'youden', 'f1', 'fixed'],
-                   help="choose a new operating threshold on the validation split (default: the one stored in the checkpoint, "
-                        "or 'sensitivity' when there is none) and store it in the checkpoint")
-    g.add_argument('--target', type=float, default=0.835, help="sensitivity to reach with --threshold-method sensitivity, "
-                   "or the threshold itself with --threshold-method fixed")
-    g.add_argument('--bootstrap', type=int, default=2000, metavar='N', help='bootstrap resamples of the 95%% confidence intervals (0: none)')
-    g.add_argument('--no-cam', dest='cam', action='store_false', help='skip Grad-CAM (localization scores and gallery)')
-    g.add_argument('--gallery', type=int, default=4, metavar='K', help='Grad-CAM gallery: K true positives, K false positives, K false negatives')
-    g.add_argument('--device', default='auto', help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
-    g.add_argument('--trust-checkpoint', action='store_true', help='allow checkpoints that need full unpickling (runs code from the file: trusted sources only)')
-
-def _evaluate_from(args, ckpt:Path, cache:Path, out:Path, split:str='test'):
+def _evaluate_from(args, checkpoint, cache, out, cfg:RunConfig, split:str, method=None):
     from pneumonia_nb.evaluation import evaluate
-    res = evaluate(ckpt, cache, out, split=split, method=args.threshold_method, target=args.target, n_resamples=args.bootstrap,
-                   cam=args.cam, gallery=args.gallery, device=args.device, trusted=args.trust_checkpoint, progress=not args.quiet)
+    ev = cfg.evaluate
+    res = evaluate(checkpoint, cache, out, split=split, method=method, target=ev.target, n_resamples=ev.bootstrap, cam=ev.cam,
+                   gallery=ev.gallery, progress=_progress(args), allow_seen=getattr(args, 'allow_seen', False),
+                   save_checkpoint=Path(out)/'checkpoint.ckpt' if method else None)
     print(res.summary())
     return res
 
-def _evaluate_parser(sub):
-    p = sub.add_parser('evaluate', formatter_class=_FMT, help='metrics with confidence intervals, plots, Grad-CAM and a report',
-                       description='Evaluate a checkpoint on the held-out test split of a cache (or on a separate labelled '
-                                   'dataset with --data) and write OUT/metrics.json, OUT/predictions.csv, the plots as PNG and '
-                                   'OUT/report.md. The operating threshold is chosen on the validation split, never on the '
-                                   'test data, and stored in the checkpoint for predict.')
-    p.add_argument('--ckpt', type=Path, required=True, help='checkpoint written by pneumonia_nb train (e.g. OUT/checkpoints/best.ckpt)')
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument('--cache', type=Path, help='the cache the checkpoint was trained on (its test split is evaluated)')
-    src.add_argument('--data', type=Path, help='a separate labelled dataset in the challenge layout; all of it is evaluated')
-    p.add_argument('--out', type=Path, required=True, help='folder for the report')
-    p.add_argument('--split', default=None, choices=['test', 'all'], help="split to evaluate (default: 'test' with --cache, 'all' with --data)")
-    p.add_argument('--workers', type=int, default=None, help='processes for decoding with --data (default: all cores)')
-    _add_evaluate_options(p)
-    return p
+def _default_split(cache)->str:
+    from pneumonia_nb.preprocessing import load_manifest
+    return 'test' if (load_manifest(cache).split == 'test').any() else 'original'
 
-def _evaluate(args):
+# %% ../nbs/08_cli.ipynb #dc189d36
+def _run(args, cfg:RunConfig):
+    out = Path(args.out)
+    print('== preprocess'); cache = _cache_for(args, cfg, out)
+    print('== train'); res = _train_from(args, cfg, cache, out/'train')
+    print('== evaluate')
+    if cfg.fit.cv_folds: print('cross-validation keeps one model per fold: evaluate a checkpoint with pneumonia_nb evaluate'); return
+    if not getattr(res, 'rank_zero', True): return
+    _evaluate_from(args, res.best_checkpoint or res.last_checkpoint, cache, out/'evaluation', cfg, _default_split(cache))
+
+def _evaluate(args, cfg:RunConfig):
     from pneumonia_nb.model import load_classifier
-    _, contract = load_classifier(args.ckpt, trusted=args.trust_checkpoint)   # a bad checkpoint fails before any work
-    cache = args.cache
+    from pneumonia_nb.preprocessing import preprocess
+    if (args.cache is None) == (args.data is None): raise ConfigError('--cache/--data', 'give one of them: the training cache, or a separate labelled dataset')
+    loaded = load_classifier(args.ckpt, trusted=args.trust_checkpoint, map_location=cfg.evaluate.device)   # read once, fails before any work
+    contract, method = loaded[1], cfg.evaluate.threshold_method if args.rechoose else None
     if args.data is not None:
-        if 'threshold' not in contract and args.threshold_method != 'fixed':
-            raise ValueError(f'{args.ckpt}: no operating threshold stored yet; choose one on the validation split of the training '
-                             'cache first (pneumonia_nb evaluate --cache CACHE ...), or use --threshold-method fixed')
-        res = preprocess(args.data, args.out/'cache', size=contract['size'], workers=args.workers, progress=not args.quiet)   # all of it is evaluated
-        print(res.summary()); cache = res.cache
-    _evaluate_from(args, args.ckpt, cache, args.out, split=args.split or ('all' if args.data is not None else 'test'))
+        if contract.threshold is None and method != 'fixed':
+            raise PneumoniaError(args.ckpt, 'no operating threshold stored; choose one on the validation split of the training cache '
+                                 '(pneumonia_nb evaluate --cache CACHE --rechoose ...), or use --rechoose --evaluate.threshold_method fixed')
+        res = preprocess(args.data, Path(args.out)/'cache', size=contract.size, workers=args.workers, test_frac=0.0, progress=_progress(args))
+        print(res.summary()); cache, split = res.cache, args.split or 'all'
+    else: cache, split = Path(args.cache), args.split or _default_split(args.cache)
+    _evaluate_from(args, loaded, cache, args.out, cfg, split, method)
 
-# %% ../nbs/08_cli.ipynb #098cce3f
-def _predict_parser(sub):
-    p = sub.add_parser('predict', formatter_class=_FMT, help='predict new studies (DICOM, PNG, JPEG) into a CSV',
-                       description='Predict DICOM files or folders (also PNG/JPEG) with a checkpoint, using the training '
-                                   'preprocessing and the operating threshold stored in the checkpoint. Writes a CSV with '
-                                   'patientId, probability, prediction, threshold, file; unreadable files are listed with '
-                                   'the reason (and in OUT_errors.csv) and do not stop the run.')
-    p.add_argument('--ckpt', type=Path, required=True, help='checkpoint written by pneumonia_nb train')
-    p.add_argument('paths', nargs='+', type=Path, metavar='PATH', help='files or folders (searched recursively)')
-    p.add_argument('--out', type=Path, required=True, help='CSV file to write')
-    p.add_argument('--batch-size', type=int, default=64, help='images per batch')
-    p.add_argument('--device', default='auto', help="'auto' (CUDA when available), 'cpu', 'cuda', ...")
-    p.add_argument('--workers', type=int, default=None, help='decoding processes (default: up to 8 cores)')
-    p.add_argument('--trust-checkpoint', action='store_true', help='allow checkpoints that need full unpickling (trusted sources only)')
-    return p
-
-def _predict(args):
+def _predict(args, cfg:RunConfig):
     from pneumonia_nb.inference import predict_files
+    if args.batch_size < 1: raise ConfigError('--batch_size', f'must be at least 1, not {args.batch_size}')
+    if not Path(args.ckpt).is_file(): raise PneumoniaError(args.ckpt, 'no such checkpoint file')
     res = predict_files(args.ckpt, args.paths, out=args.out, batch_size=args.batch_size, device=args.device,
-                        workers=args.workers, progress=not args.quiet, trusted=args.trust_checkpoint)
+                        workers=args.workers, progress=_progress(args), trusted=args.trust_checkpoint)
     print(res.summary())
 
-def _export_parser(sub):
-    p = sub.add_parser('export', formatter_class=_FMT, help='export a checkpoint to TorchScript and ONNX',
-                       description='Export a checkpoint to TorchScript (model.pt) and ONNX (model.onnx) with the input '
-                                   'contract (contract.json): the normalisation is inside the exported model.')
-    p.add_argument('--ckpt', type=Path, required=True, help='checkpoint written by pneumonia_nb train')
-    p.add_argument('--out', type=Path, required=True, help='folder to write')
-    p.add_argument('--format', nargs='+', default=['torchscript', 'onnx'], choices=['torchscript', 'onnx'], help='formats to write')
-    p.add_argument('--trust-checkpoint', action='store_true', help='allow checkpoints that need full unpickling (trusted sources only)')
-    return p
-
-def _export(args):
+def _export(args, cfg:RunConfig):
     from pneumonia_nb.inference import export_model
+    bad = [f for f in args.format if f not in EXPORT_FORMATS]
+    if bad: raise ConfigError('--format', f'{bad} not among {list(EXPORT_FORMATS)}')
     print(export_model(args.ckpt, args.out, formats=tuple(args.format), trusted=args.trust_checkpoint).summary())
 
-# %% ../nbs/08_cli.ipynb #be723081
-_COMMANDS = {'demo': (_demo_parser, _demo), 'preprocess': (_preprocess_parser, _preprocess), 'train': (_train_parser, _train),
-             'evaluate': (_evaluate_parser, _evaluate), 'predict': (_predict_parser, _predict), 'export': (_export_parser, _export),
-             'run': (_run_parser, _run)}
+# name: (parser, handler, groups, one line of help)
+_COMMANDS = {'demo': (_demo_parser, _demo, ['demo'], 'write the built-in demo dataset (generated DICOMs in the RSNA layout)'),
+             'preprocess': (_preprocess_parser, _preprocess, ['preprocess'], 'decode the DICOMs into the image cache'),
+             'train': (_train_parser, _train, _TRAINING, 'train the classifier (on the demo dataset without --data/--cache)'),
+             'evaluate': (_evaluate_parser, _evaluate, ['evaluate'], 'metrics with confidence intervals, plots, Grad-CAM and a report'),
+             'predict': (_predict_parser, _predict, [], 'predict new studies (DICOM, PNG, JPEG) into a CSV'),
+             'export': (_export_parser, _export, [], 'export a checkpoint to TorchScript and ONNX'),
+             'run': (lambda: _train_parser(run=True), _run, _TRAINING, 'all stages end to end (on the demo dataset without --data)')}
 
-def build_parser()->argparse.ArgumentParser:
-    "The `pneumonia_nb` argument parser with one subparser per stage."
-    p = argparse.ArgumentParser(prog='pneumonia_nb', formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description='Pneumonia detection on chest X-rays (RSNA Pneumonia Detection Challenge).',
-                                epilog=textwrap.dedent('''\
-                                    examples:
-                                      pneumonia_nb run --out demo_run                     # everything, on the demo dataset
-                                      pneumonia_nb preprocess --data rsna --out cache     # the real data into a cache
-                                      pneumonia_nb evaluate --ckpt demo_run/train/checkpoints/best.ckpt --cache demo_run/cache --out report
-                                      pneumonia_nb predict --ckpt demo_run/train/checkpoints/best.ckpt scans/ --out predictions.csv
-                                      pneumonia_nb preprocess --help                      # every option of a stage'''))
-    p.add_argument('-q', '--quiet', action='store_true', help='no progress bars')
+# %% ../nbs/08_cli.ipynb #90b15a2a
+_EXAMPLES = '''examples:
+  pneumonia_nb run --out demo_run                         # everything, on the demo dataset
+  pneumonia_nb preprocess --data rsna --out cache         # the real data into a cache
+  pneumonia_nb train --cache cache --out run --recipe original
+  pneumonia_nb train --config run/config.yaml --out run2  # replay a run
+  pneumonia_nb evaluate --ckpt run/checkpoints/best.ckpt --cache cache --out report
+  pneumonia_nb predict --ckpt run/checkpoints/best.ckpt scans/ --out predictions.csv
+  pneumonia_nb train --help                               # every option of a command
+
+exit status: 0 done (a batch that skipped unreadable files says so and still exits 0; they are listed in its
+report); 2 a mistake in the command or its input (one line says what and where); 130 interrupted.'''
+
+def build_parser(command:str|None=None, # a subcommand, or None for the top-level parser
+                ):
+    "The parser of `command`, or the top-level `pneumonia_nb` parser that lists the commands."
+    if command is not None: return _COMMANDS[command][0]()
+    p = argparse.ArgumentParser(prog='pneumonia_nb', description='Pneumonia detection on chest X-rays (RSNA Pneumonia Detection Challenge).',
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EXAMPLES)
+    p.add_argument('--version', action='version', version=f'pneumonia_nb {__version__}')
+    p.add_argument('-q', '--quiet', action='store_true', help='no progress bars (also after the command)')
     sub = p.add_subparsers(dest='command', metavar='COMMAND', required=True)
-    for make, _ in _COMMANDS.values():
-        sp = make(sub); sp.add_argument('-q', '--quiet', action='store_true', default=argparse.SUPPRESS, help='no progress bars')
+    for name, (_, _, _, line) in _COMMANDS.items(): sub.add_parser(name, help=line, add_help=False)
     return p
 
-_USER_ERRORS = (FileNotFoundError, NotADirectoryError, FileExistsError, PermissionError, ValueError, DicomError)
+# %% ../nbs/08_cli.ipynb #0b25f11b
+def _scan(argv:list, *names)->dict:
+    "The values of options `names` in `argv` (`--x v` or `--x=v`); repeated options give lists."
+    found = {}
+    for i, a in enumerate(argv):
+        for n in names:
+            if a == n and i + 1 < len(argv): found.setdefault(n, []).append(argv[i + 1])
+            elif a.startswith(n + '='): found.setdefault(n, []).append(a.split('=', 1)[1])
+    return found
+
+def _base_config(command:str, argv:list)->RunConfig:
+    "The recipe, then the --config files: the defaults the command line then overrides."
+    from pneumonia_nb.config import load_config
+    s = _scan(argv, '--recipe', '--config', '--data', '--cache')
+    files = [Path(f) for f in s.get('--config', [])]
+    raw = []
+    for f in files:
+        if not f.is_file(): raise ConfigError(f, 'configuration file not found')
+        try: raw.append((f, yaml.safe_load(f.read_text()) or {}))
+        except yaml.YAMLError as e: raise ConfigError(f, f'not valid YAML: {e}') from None
+    has_input = '--data' in s or '--cache' in s or any(isinstance(d, dict) and (d.get('data') or d.get('cache')) for _, d in raw)
+    name = s['--recipe'][-1] if '--recipe' in s else 'demo' if command in ('train', 'run') and not has_input else 'default'
+    cfg = recipe(name)
+    for f, d in raw: cfg = config_from_dict(d, f, base=cfg)
+    return cfg
+
+def _with_defaults(p:ArgumentParser, groups:list, cfg:RunConfig)->ArgumentParser:
+    for g in groups:
+        p.set_defaults({f'{g}.{f.name}': getattr(getattr(cfg, g), f.name) for f in dataclasses.fields(_GROUPS[g])})
+    for k in ('data', 'cache'):
+        if getattr(cfg, k) is not None and any(a.dest == k for a in p._actions): p.set_defaults({k: getattr(cfg, k)})
+    return p
+
+def _print_config(cfg:RunConfig, groups:list):
+    d = cfg.to_dict()
+    print(yaml.safe_dump({k: v for k, v in d.items() if k in groups or (k in ('data', 'cache') and 'preprocess' in groups and 'fit' in groups)}, sort_keys=False), end='')
+
+_USER_ERRORS = (PneumoniaError, FileNotFoundError, NotADirectoryError, FileExistsError, PermissionError, ValueError)
 
 def main(argv:list|None=None, # arguments (default: sys.argv[1:])
         )->int:
     "Run `pneumonia_nb` with `argv`; returns the exit status."
-    args = build_parser().parse_args(argv)
-    try: _COMMANDS[args.command][1](args)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    quiet = [a for a in argv[:1] if a in ('-q', '--quiet')]
+    argv = argv[len(quiet):]
+    if not argv or argv[0] not in _COMMANDS:
+        try: build_parser().parse_args(quiet + argv)   # --help, --version, or an unknown command
+        except SystemExit as e: return e.code or 0
+        return 2
+    command, rest = argv[0], argv[1:] + quiet
+    make, handler, groups, _ = _COMMANDS[command]
+    try:
+        cfg = _base_config(command, rest)
+        p = _with_defaults(make(), groups, cfg)
+        p.prog = f'pneumonia_nb {command}'
+        print_config = '--print_config' in rest
+        try: args = p.parse_args([a for a in rest if a != '--print_config'])
+        except argparse.ArgumentError as e:
+            print(f'pneumonia_nb {command}: error: {e}\n(pneumonia_nb {command} --help explains every option)', file=sys.stderr); return 2
+        cfg = _resolved(p, args, groups, cfg)
+        if print_config: _print_config(cfg, groups); return 0
+        handler(args, cfg)
     except _USER_ERRORS as e:
-        print(f'pneumonia_nb {args.command}: error: {e}', file=sys.stderr); return 2
+        print(f'pneumonia_nb {command}: error: {e}', file=sys.stderr); return 2
     except KeyboardInterrupt:
-        print(f'pneumonia_nb {args.command}: interrupted; rerun the same command to resume', file=sys.stderr); return 130
+        print(f'pneumonia_nb {command}: interrupted; rerun the same command to resume', file=sys.stderr); return 130
     return 0

@@ -465,7 +465,7 @@ def _check_unseen(contract, rows:pd.DataFrame, split:str, cache, allow_seen:bool
     if seen and not allow_seen:
         raise PneumoniaError(cache, f"{seen} of the {len(rows)} patients of split {split!r} trained this model or chose its checkpoint "
                              "and threshold: a report on them would be optimistic. Evaluate held-out patients (the 'test' split, or a "
-                             "separate dataset), or pass allow_seen=True (--allow_seen true) to report on them anyway, labelled as such")
+                             "separate dataset), or pass allow_seen=True (--allow_seen) to report on them anyway, labelled as such")
     return seen
 
 def evaluate(checkpoint, # a checkpoint written by `train`, or a loaded `(model, contract)`

@@ -169,7 +169,7 @@ def predict_files(checkpoint, # a checkpoint written by `train`: its contract gi
     model, contract = load_classifier(checkpoint, backbone=backbone, trusted=trusted, map_location=device)
     dev = next(model.parameters()).device
     thr, source = _threshold(contract, checkpoint)
-    norm = lambda x: normalise(x, contract.mean, contract.std)
+    norm = lambda x: normalise(x[:, None] if x.ndim == 3 else x, contract.mean, contract.std)
     workers = min(8, _cores()) if workers is None else workers
     workers = max(0, min(workers, -(-len(files) // batch_size)))   # no more processes than batches
     loader = DataLoader(_ImageFiles(files, contract.size), batch_size=batch_size, num_workers=workers,

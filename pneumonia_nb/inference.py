@@ -119,9 +119,9 @@ def _threshold(contract:Contract, path)->tuple:
     t = contract.threshold
     if t is None:
         warnings.warn(f'{path}: no operating threshold is stored in this checkpoint, so predictions use 0.5, which was '
-                      'not chosen for this model. Run `pneumonia_nb evaluate` to choose one on the validation split '
-                      '(it is stored in the checkpoint and used from then on).', UserWarning, stacklevel=3)
-        return 0.5, 'default: none stored in the checkpoint, run pneumonia_nb evaluate'
+                      'not chosen for this model. Use the best.ckpt that train wrote (it holds the threshold chosen on the '
+                      'validation split), or run `pneumonia_nb evaluate --rechoose`, which writes a checkpoint with one.', UserWarning, stacklevel=3)
+        return 0.5, 'default: none stored in the checkpoint'
     how = t.method + (f' {t.target}' if t.target is not None else '')
     return t.value, f'checkpoint: {how} on the {t.split} split (n={t.n})'   # `read_contract` checked it is in [0, 1]
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_preprocessing.ipynb #708d0a8a
 from __future__ import annotations
-import io, json, os, time, uuid, warnings
+import errno, io, json, os, time, uuid, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pydicom
+from filelock import FileLock, Timeout
 from PIL import Image
 from pydicom import uid as dcm_uid
 from pydicom.encaps import generate_frames
@@ -23,10 +24,10 @@ with warnings.catch_warnings():  # in a notebook without ipywidgets tqdm.auto wa
     warnings.simplefilter('ignore'); from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['LABELS_CSV', 'CLASSES_CSV', 'IMAGES_DIR', 'SEED_SPLIT_TRAIN', 'CACHE_VERSION', 'DicomError', 'read_header',
-           'to_uint8', 'resize_image', 'DicomImage', 'read_dicom', 'fast_path_difference', 'read_labels', 'label_table',
-           'check_labels', 'assign_splits', 'atomic_write', 'PreprocessResult', 'load_manifest', 'load_stats',
-           'preprocess', 'export_folder']
+__all__ = ['DECODERS_EXTRA', 'MAX_PIXELS', 'LABELS_CSV', 'CLASSES_CSV', 'IMAGES_DIR', 'SEED_SPLIT_TRAIN', 'CACHE_VERSION',
+           'DicomError', 'read_header', 'to_uint8', 'resize_image', 'DicomImage', 'read_dicom', 'fast_path_difference',
+           'read_labels', 'label_table', 'check_labels', 'assign_splits', 'atomic_write', 'PreprocessResult',
+           'load_manifest', 'load_stats', 'preprocess', 'export_folder']
 
 # %% ../nbs/02_preprocessing.ipynb #ddfbb976
 class DicomError(ValueError):
@@ -34,19 +35,20 @@ class DicomError(ValueError):
     def __init__(self, path, problem): self.path, self.problem = str(path), problem; super().__init__(f'{path}: {problem}')
 
 # %% ../nbs/02_preprocessing.ipynb #a0737fab
-_DECODER_PACKAGES = {
-    'JPEG 2000': 'pip install pylibjpeg pylibjpeg-openjpeg  (or python-gdcm)',
-    'JPEG-LS': 'pip install pylibjpeg pylibjpeg-libjpeg  (or pyjpegls, python-gdcm)',
-    'High-Throughput JPEG 2000': 'pip install pylibjpeg pylibjpeg-openjpeg',
-    'JPEG': 'pip install pillow  (or pylibjpeg pylibjpeg-libjpeg, python-gdcm)',
-    'RLE': 'pip install pylibjpeg pylibjpeg-rle  (or python-gdcm)',
+DECODERS_EXTRA = 'pip install "pneumonia_nb[decoders]"'
+_DECODER_PACKAGES = {   # alternatives to the extra, by transfer syntax name
+    'High-Throughput JPEG 2000': 'pylibjpeg pylibjpeg-openjpeg',
+    'JPEG 2000': 'pylibjpeg pylibjpeg-openjpeg, or python-gdcm',
+    'JPEG-LS': 'python-gdcm, or pyjpegls',
+    'JPEG Lossless': 'python-gdcm',
+    'JPEG': 'pillow',
+    'RLE': 'pylibjpeg pylibjpeg-rle, or python-gdcm',
 }
 
 def _install_hint(ts:dcm_uid.UID)->str:
-    "The pip command that brings a decoder for transfer syntax `ts`."
-    for k,v in _DECODER_PACKAGES.items():
-        if ts.name.startswith(k): return v
-    return 'pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg  (or python-gdcm)'
+    "How to install a decoder for transfer syntax `ts`: the `decoders` extra, or the packages it would bring."
+    alt = next((v for k,v in _DECODER_PACKAGES.items() if ts.name.startswith(k)), 'python-gdcm')
+    return f'{DECODERS_EXTRA}  (or pip install {alt})'
 
 def _check_decoder(path, ts:dcm_uid.UID):
     "Raise `DicomError` when no installed plugin can decode transfer syntax `ts`."
@@ -54,7 +56,7 @@ def _check_decoder(path, ts:dcm_uid.UID):
     try: dec = get_decoder(ts)
     except NotImplementedError: raise DicomError(path, f'transfer syntax {ts.name} ({ts}) is not supported by pydicom; convert the file to an uncompressed or JPEG syntax first (e.g. with gdcmconv or dcmdjpeg)') from None
     if not dec.is_available:
-        raise DicomError(path, f'no decoder installed for {ts.name} ({ts}); install one: {_install_hint(ts)}')
+        raise DicomError(path, f'no decoder installed for {ts.name} ({ts}); install the optional decoders: {_install_hint(ts)}')
 
 # %% ../nbs/02_preprocessing.ipynb #5091ca37
 @contextmanager
@@ -136,20 +138,49 @@ def resize_image(img:np.ndarray, # uint8 image, any size
     if img.shape[:2] != (size, size): img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
     return img
 
+# %% ../nbs/02_preprocessing.ipynb #c7359522
+MAX_PIXELS = 100_000_000   # decoded pixels (all frames) above which a file is refused before decoding
+
+def _link_problem(path)->str|None:
+    "Why the symbolic link `path` cannot be followed (a loop, a missing target), or None."
+    p = Path(path)
+    if not p.is_symlink(): return None
+    try: os.stat(p); return None
+    except OSError as e:
+        if e.errno == errno.ELOOP: return 'symbolic link loop (following it leads back to itself); skipped'
+        if e.errno == errno.ENOENT: return f'broken symbolic link (its target {os.readlink(p)} does not exist); skipped'
+        return f'symbolic link that cannot be followed ({e.strerror}); skipped'
+
+def _check_geometry(path, rows:int, cols:int, frames:int=1):
+    "Refuse, before decoding, a header without an image size or with more than MAX_PIXELS pixels."
+    if rows <= 0 or cols <= 0: raise DicomError(path, f'the header gives no image size (Rows {rows}, Columns {cols})')
+    n = rows * cols * max(frames, 1)
+    if n > MAX_PIXELS:
+        what = f'{cols}×{rows}' + (f'×{frames} frames' if frames > 1 else '')
+        raise DicomError(path, f'the header declares a {what} image ({n/1e6:.0f} megapixels), over the limit of '
+                               f'{MAX_PIXELS/1e6:.0f}; refused before decoding')
+
+def _check_shape(path, got:tuple, rows:int, cols:int):
+    "Refuse pixel data whose (rows, columns) are not the header's Rows and Columns."
+    if tuple(got[:2]) != (rows, cols):
+        raise DicomError(path, f'the pixel data hold a {got[1]}×{got[0]} image but the header says {cols}×{rows} '
+                               '(Columns×Rows); refused, since sizes and boxes would be scaled wrongly')
+
 # %% ../nbs/02_preprocessing.ipynb #7dde12d5
-def _decode_jpeg_reduced(frame:bytes, size:int)->np.ndarray|None:
+def _decode_jpeg_reduced(frame:bytes, size:int, path, rows:int, cols:int)->np.ndarray|None:
     "Decode a greyscale JPEG frame at the largest 1/2, 1/4 or 1/8 scale that keeps both sides >= size."
     with Image.open(io.BytesIO(frame)) as im:
         if im.mode != 'L': return None
+        _check_shape(path, (im.height, im.width), rows, cols)   # from the JPEG header, before decoding
         im.draft('L', (size, size))
         return np.asarray(im)
 
-def _fast_jpeg(ds:pydicom.Dataset, size:int)->np.ndarray|None:
+def _fast_jpeg(ds:pydicom.Dataset, size:int, path)->np.ndarray|None:
     "Reduced-scale decode of a dataset's JPEG Baseline frame, or None when the fast path does not apply."
     ts = ds.file_meta.get('TransferSyntaxUID')
     if ts != dcm_uid.JPEGBaseline8Bit or int(ds.get('SamplesPerPixel', 1)) != 1 or int(ds.get('BitsAllocated', 8)) != 8: return None
     if int(ds.get('NumberOfFrames', 1) or 1) != 1 or _reduction(int(ds.Rows), int(ds.Columns), size) == 1: return None
-    return _decode_jpeg_reduced(next(generate_frames(ds.PixelData, number_of_frames=1)), size)
+    return _decode_jpeg_reduced(next(generate_frames(ds.PixelData, number_of_frames=1)), size, path, int(ds.Rows), int(ds.Columns))
 
 # %% ../nbs/02_preprocessing.ipynb #907da1ef
 _LONG_VRS = {b'OB', b'OD', b'OF', b'OL', b'OV', b'OW', b'SQ', b'SV', b'UC', b'UN', b'UR', b'UT', b'UV'}
@@ -247,11 +278,12 @@ def _read_fast(path, size:int)->tuple|None:
     if scan is None: return None
     vals, pos = scan
     h = _raw_header(vals)
+    _check_geometry(path, h['rows'], h['cols'])
     if h['photometric'] not in ('MONOCHROME1', 'MONOCHROME2') or _raw_us(vals, 'samples', 1) != 1: return None
     if _raw_us(vals, 'bits_allocated', 8) != 8 or _raw_str(vals, 'frames') not in ('', '1'): return None
     if _reduction(h['rows'], h['cols'], size) == 1: return None
     frame = _single_frame(buf, pos)
-    try: img = None if frame is None else _decode_jpeg_reduced(frame, size)
+    try: img = None if frame is None else _decode_jpeg_reduced(frame, size, path, h['rows'], h['cols'])
     except OSError as e: raise DicomError(path, f'pixel data could not be decoded, the file may be truncated or corrupt ({e})') from None
     if img is None: return None
     return (255 - img if h['photometric'] == 'MONOCHROME1' else img), h
@@ -266,19 +298,49 @@ class DicomImage:
 def _first_frame(arr:np.ndarray, ds:pydicom.Dataset)->np.ndarray:
     "One greyscale frame from whatever pydicom decoded (multi-frame or colour files)."
     if int(ds.get('NumberOfFrames', 1) or 1) > 1: arr = arr[0]
-    if arr.ndim == 3: arr = cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY)   # pydicom gives colour as RGB
+    if arr.ndim == 3:   # colour, which pydicom gives as RGB: BT.601 luma, in the array's own type (any bit depth)
+        arr = np.rint(arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])).astype(arr.dtype)
     return arr
+
+def _check_pixels(path, ds:pydicom.Dataset):
+    "Refuse, before decoding, pixel data that are absent, huge, of an unusable kind, or not as long as the header says."
+    if 'PixelData' not in ds:
+        raise DicomError(path, 'truncated file (it ends inside an element)' if _looks_truncated(path) else 'no pixel data (the file holds no PixelData element)')
+    rows, cols, frames = (int(ds.get(k, d) or d) for k, d in (('Rows', 0), ('Columns', 0), ('NumberOfFrames', 1)))
+    _check_geometry(path, rows, cols, frames)
+    spp, pi = int(ds.get('SamplesPerPixel', 1) or 1), str(ds.get('PhotometricInterpretation', '') or '')
+    if spp not in (1, 3) or (spp == 1 and pi not in ('', 'MONOCHROME1', 'MONOCHROME2')) or (spp == 3 and not (pi == 'RGB' or pi.startswith('YBR'))):
+        raise DicomError(path, f'{spp} sample(s) per pixel with photometric interpretation {pi or "(none)"}: only greyscale '
+                               '(MONOCHROME1/2) and colour (RGB, YBR) images can be turned into a grey radiograph')
+    ts = ds.file_meta.get('TransferSyntaxUID') if hasattr(ds, 'file_meta') else None
+    if ts is not None and not ts.is_compressed:
+        need = -(-rows * cols * frames * spp * int(ds.get('BitsAllocated', 8) or 8) // 8)
+        have = len(ds.PixelData)
+        if have not in (need, need + 1):   # one byte of padding to an even length is allowed
+            raise DicomError(path, f'the pixel data hold {have} bytes but the header ({cols}×{rows}, {frames} frame(s), '
+                                   f'{spp} sample(s), {ds.get("BitsAllocated")} bits) describes {need}; refused')
+
+def _frame_shape(ds:pydicom.Dataset)->tuple|None:
+    "(rows, columns) that the first compressed frame's own header declares, where Pillow can read it; else None."
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=int(ds.get('NumberOfFrames', 1) or 1)))
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            with Image.open(io.BytesIO(frame)) as im: return im.height, im.width
+    except Exception: return None
 
 def _decode(path, ds:pydicom.Dataset)->np.ndarray:
     "Stored pixel values of the first frame, with errors that say what went wrong."
-    if 'PixelData' not in ds:
-        raise DicomError(path, 'truncated file (it ends inside an element)' if _looks_truncated(path) else 'no pixel data (the file holds no PixelData element)')
     ts = ds.file_meta.get('TransferSyntaxUID')
     if ts is None: raise DicomError(path, 'no transfer syntax in the file meta information')
     _check_decoder(path, ts)
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    if ts.is_compressed and (shape := _frame_shape(ds)) is not None: _check_shape(path, shape, rows, cols)  # before decoding
     try: arr = ds.pixel_array
     except Exception as e: raise DicomError(path, f'pixel data could not be decoded, the file may be truncated or corrupt ({type(e).__name__}: {e})') from None
-    return _first_frame(arr, ds)
+    arr = _first_frame(arr, ds)
+    _check_shape(path, arr.shape, rows, cols)
+    return arr
 
 def _dcmread(path)->pydicom.Dataset:
     "pydicom.dcmread with clear errors: missing, not a DICOM, truncated."
@@ -289,12 +351,13 @@ def _dcmread(path)->pydicom.Dataset:
         except FileNotFoundError: raise DicomError(path, 'file not found') from None
         except IsADirectoryError: raise DicomError(path, 'is a folder, not a file') from None
         except InvalidDicomError: raise DicomError(path, "not a DICOM file (no 'DICM' marker after the 128-byte preamble)") from None
+        except OSError as e: raise DicomError(path, f'could not be read ({e.strerror or e})') from None
         except Exception as e: raise DicomError(path, f'unreadable DICOM, the file may be truncated or corrupt ({type(e).__name__}: {e})') from None
     for w in caught:
         msg = str(w.message)
-        if 'End of file reached' in msg or 'Expected explicit VR' in msg: raise DicomError(path, f'truncated file ({msg})')
+        if 'End of file reached' in msg: raise DicomError(path, f'truncated file ({msg})')
         if not any(k in msg for k in ('Invalid value', 'is not valid for VR', 'value length')):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)   # a warning, not a reason to refuse
     return ds
 
 def read_dicom(path, # a DICOM file
@@ -302,15 +365,18 @@ def read_dicom(path, # a DICOM file
                fast:bool=True, # decode JPEG Baseline at reduced scale when that gives the same image
               )->DicomImage:
     "Read one DICOM into an 8-bit display image (optionally resized) and its header fields."
+    if (why := _link_problem(path)) is not None: raise DicomError(path, why)
     if fast and size is not None:
         try: quick = _read_fast(path, size)
-        except (FileNotFoundError, IsADirectoryError): quick = None   # _dcmread says which
+        except OSError: quick = None   # missing, a folder, unreadable: _dcmread says which
         if quick is not None: return DicomImage(resize_image(quick[0], size), quick[1])
     ds = _dcmread(path)
     header = read_header(ds)
+    _check_pixels(path, ds)
     arr = None
-    if fast and size is not None and 'PixelData' in ds:
-        try: arr = _fast_jpeg(ds, size)
+    if fast and size is not None:
+        try: arr = _fast_jpeg(ds, size, path)
+        except DicomError: raise
         except Exception as e: raise DicomError(path, f'pixel data could not be decoded, the file may be truncated or corrupt ({type(e).__name__}: {e})') from None
     if arr is None: arr = _decode(path, ds)
     img = to_uint8(arr, ds)

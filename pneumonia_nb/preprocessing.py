@@ -25,9 +25,10 @@ with warnings.catch_warnings():  # in a notebook without ipywidgets tqdm.auto wa
 
 # %% auto #0
 __all__ = ['DECODERS_EXTRA', 'MAX_PIXELS', 'LABELS_CSV', 'CLASSES_CSV', 'IMAGES_DIR', 'SEED_SPLIT_TRAIN', 'CACHE_VERSION',
-           'DicomError', 'read_header', 'to_uint8', 'resize_image', 'DicomImage', 'read_dicom', 'fast_path_difference',
-           'read_labels', 'label_table', 'check_labels', 'assign_splits', 'atomic_write', 'PreprocessResult',
-           'load_manifest', 'load_stats', 'preprocess', 'export_folder']
+           'LOCK_NAME', 'DicomError', 'read_header', 'to_uint8', 'resize_image', 'DicomImage', 'read_dicom',
+           'fast_path_difference', 'LabelError', 'read_labels', 'label_table', 'check_labels', 'assign_splits',
+           'atomic_write', 'safe_csv_value', 'write_csv', 'PreprocessResult', 'load_manifest', 'load_stats',
+           'CacheError', 'preprocess', 'export_folder']
 
 # %% ../nbs/02_preprocessing.ipynb #ddfbb976
 class DicomError(ValueError):
@@ -392,24 +393,74 @@ def fast_path_difference(path, size:int=224)->dict:
 
 # %% ../nbs/02_preprocessing.ipynb #ec3e79b4
 LABELS_CSV, CLASSES_CSV, IMAGES_DIR = 'stage_2_train_labels.csv', 'stage_2_detailed_class_info.csv', 'stage_2_train_images'
+_BOX = ['x', 'y', 'width', 'height']
+
+class LabelError(ValueError):
+    "A label file that cannot be used; the message names the file, the lines and the problem."
+    def __init__(self, path, problem): self.path, self.problem = str(path), problem; super().__init__(f'{path}: {problem}')
+
+def _lines(mask, n:int=5)->str:
+    "File line numbers (the header is line 1) of the rows where `mask` is true: the first n, and how many more."
+    ln = np.flatnonzero(np.asarray(mask)) + 2
+    return ', '.join(map(str, ln[:n])) + (f' and {len(ln) - n} more' if len(ln) > n else '')
+
+def _read_table(f:Path, needed:list, expected:str)->pd.DataFrame:
+    "A label CSV as text (IDs keep leading zeros, 'NA' stays 'NA'), refused when empty, header-only or missing columns."
+    try: t = pd.read_csv(f, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError: raise LabelError(f, f'empty file; expected the header {expected}') from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e: raise LabelError(f, f'not a readable CSV ({str(e).strip()})') from None
+    box = [c for c in _BOX if c in t.columns]
+    missing = [c for c in needed if c not in t.columns] + ([c for c in _BOX if c not in box] if box else [])
+    if missing: raise LabelError(f, f'missing column(s) {", ".join(missing)}; expected {expected}')
+    if t.empty: raise LabelError(f, 'no rows, only a header')
+    return t
+
+def _check_ids(f:Path, ids:pd.Series):
+    "Refuse empty patientIds and ones with spaces around them, naming the lines."
+    if (empty := ids.str.strip() == '').any(): raise LabelError(f, f'empty patientId on line(s) {_lines(empty)}')
+    if (spaced := ids != ids.str.strip()).any():
+        raise LabelError(f, f'patientId with spaces around it on line(s) {_lines(spaced)} ({ids[spaced].iloc[0]!r}); '
+                            'it would not match its image file: remove the spaces')
+
+def _parse_target(f:Path, t:pd.Series)->pd.Series:
+    "Target as 0/1 integers; anything else is refused with its lines and values."
+    bad = ~t.isin(['0', '1'])
+    if bad.any():
+        ex = ', '.join(f'{v!r} on line {i + 2}' for i, v in t[bad].head(5).items())
+        raise LabelError(f, f'Target must be 0 or 1: {ex}' + (f' and {bad.sum() - 5} more' if bad.sum() > 5 else ''))
+    return (t == '1').astype(int)
+
+def _parse_boxes(f:Path, raw:pd.DataFrame)->pd.DataFrame:
+    "Box columns as floats (NaN where a row has no box); incomplete, non-numeric or impossible boxes are refused."
+    if _BOX[0] not in raw: return raw
+    txt = raw[_BOX].apply(lambda c: c.str.strip()); given = txt != ''
+    if (part := given.any(axis=1) & ~given.all(axis=1)).any():
+        raise LabelError(f, f'incomplete box on line(s) {_lines(part)}: give all of x, y, width, height, or none')
+    num = txt.apply(pd.to_numeric, errors='coerce')
+    if (nan := (given & ~np.isfinite(num)).any(axis=1)).any():
+        raise LabelError(f, f'box value that is not a finite number on line(s) {_lines(nan)}')
+    if (neg := given.all(axis=1) & ((num.x < 0) | (num.y < 0) | (num.width <= 0) | (num.height <= 0))).any():
+        raise LabelError(f, f'box with a negative corner or a width or height that is not positive on line(s) {_lines(neg)}')
+    raw[_BOX] = num.astype(float)
+    return raw
 
 def read_labels(data_dir, # a folder in the challenge layout
                )->pd.DataFrame:
-    "The label rows, with the detailed class added when its file is present (row-aligned, checked)."
+    "The label rows, checked, with the detailed class added when its file is present (row-aligned, checked)."
     data_dir = Path(data_dir)
     lf = data_dir/LABELS_CSV
     if not lf.exists(): raise FileNotFoundError(f'{lf}: labels file not found; expected the challenge layout ({LABELS_CSV}, {IMAGES_DIR}/)')
-    raw = pd.read_csv(lf)
-    missing = {'patientId', 'Target'} - set(raw.columns)
-    if missing: raise ValueError(f'{lf}: missing columns {sorted(missing)}; expected patientId,x,y,width,height,Target')
+    raw = _read_table(lf, ['patientId', 'Target'], 'patientId,x,y,width,height,Target')
+    _check_ids(lf, raw.patientId)
+    raw['Target'] = _parse_target(lf, raw.Target.str.strip())
+    raw = _parse_boxes(lf, raw)
     cf = data_dir/CLASSES_CSV
     if cf.exists():
-        cls = pd.read_csv(cf)
+        cls = _read_table(cf, ['patientId', 'class'], 'patientId,class')
+        _check_ids(cf, cls.patientId)
         if len(cls) == len(raw) and (cls.patientId.values == raw.patientId.values).all(): raw['class'] = cls['class'].values
-        else: raw = raw.merge(cls.drop_duplicates('patientId'), on='patientId', how='left')
+        else: raw = raw.merge(cls[['patientId', 'class']].drop_duplicates('patientId'), on='patientId', how='left')
     return raw
-
-_BOX = ['x', 'y', 'width', 'height']
 
 def _box_rows(raw:pd.DataFrame)->pd.Series:
     "Which label rows carry a complete box."
@@ -444,7 +495,7 @@ def check_labels(raw:pd.DataFrame, # rows from `read_labels`
     }
     if 'class' in raw:
         problems['class_disagrees_with_target'] = raw.patientId[(raw['class'] == 'Lung Opacity') != (raw.Target == 1)]
-        problems['class_missing'] = raw.patientId[raw['class'].isna()]
+        problems['class_missing'] = raw.patientId[raw['class'].fillna('').astype(str).str.strip() == '']
     pids = set(raw.patientId)
     if image_ids is not None:
         image_ids = set(image_ids)
@@ -514,6 +565,26 @@ def _save_npy(path, arr:np.ndarray):
     "np.save, atomically."
     buf = io.BytesIO(); np.save(buf, arr, allow_pickle=False); atomic_write(path, buf.getvalue())
 
+# %% ../nbs/02_preprocessing.ipynb #2dc8bedf
+_FORMULA_START = ('=', '+', '-', '@', '\t', '\r', "'")
+
+def safe_csv_value(v):
+    "`v`, with a leading ' when it is text a spreadsheet would run as a formula (or text that starts with ')."
+    return "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v
+
+def _unescape_csv_value(v):
+    "Undo `safe_csv_value`."
+    return v[1:] if isinstance(v, str) and v.startswith("'") else v
+
+def write_csv(path, # the CSV file to write (atomically)
+              df:pd.DataFrame, # the table; its text columns go through `safe_csv_value`
+             ):
+    "Write `df` as a CSV that a spreadsheet opens without running anything."
+    out = df.copy()
+    for c in out.columns:
+        if out[c].dtype == object or pd.api.types.is_string_dtype(out[c]): out[c] = out[c].map(safe_csv_value)
+    atomic_write(path, out.to_csv(index=False))
+
 # %% ../nbs/02_preprocessing.ipynb #76657cbc
 def _source_signature(path)->tuple:
     st = os.stat(path); return st.st_size, st.st_mtime_ns
@@ -567,6 +638,8 @@ def load_manifest(cache, # a cache folder written by `preprocess`
     cache = Path(cache); f = cache/'manifest.csv'
     if not f.exists(): raise FileNotFoundError(f'{f}: no manifest; is {cache} a cache written by `pneumonia_nb preprocess`?')
     m = pd.read_csv(f, dtype={'patientId': str, 'class': str, 'sex': str, 'view': str}, keep_default_na=False, na_values=[''])
+    for c in m.columns:
+        if m[c].dtype == object or pd.api.types.is_string_dtype(m[c]): m[c] = m[c].map(_unescape_csv_value)
     m['boxes'] = m.boxes.map(json.loads)
     m['path'] = [str(cache/p) for p in m.path]
     return m
@@ -587,7 +660,7 @@ def _write_manifest(cache:Path, table:pd.DataFrame, records:dict, size:int):
     m['path'] = [f'images/{p}.npy' for p in m.patientId]
     cols = ['patientId', 'split', 'fold', 'Target', 'class', 'boxes', 'path', 'source', 'view', 'sex', 'age', 'modality',
             'pixel_spacing', 'orig_rows', 'orig_cols', 'px_mean', 'px_sqmean', 'source_size', 'source_mtime_ns']
-    atomic_write(cache/'manifest.csv', m[cols].to_csv(index=False))
+    write_csv(cache/'manifest.csv', m[cols])
     return m[cols]
 
 def _train_stats(m:pd.DataFrame)->tuple:
@@ -597,16 +670,27 @@ def _train_stats(m:pd.DataFrame)->tuple:
 
 def _previous_records(cache:Path, size:int)->dict:
     "Records of an earlier run that can be reused (same size and cache version), keyed by patientId."
-    try: st, m = load_stats(cache), pd.read_csv(cache/'manifest.csv', dtype={'patientId': str})
-    except (FileNotFoundError, ValueError, json.JSONDecodeError): return {}
+    try: st, m = load_stats(cache), load_manifest(cache)
+    except (FileNotFoundError, ValueError, KeyError, json.JSONDecodeError): return {}
     if st.get('size') != size or st.get('version') != CACHE_VERSION: return {}
     keep = ['patientId', 'orig_rows', 'orig_cols', 'view', 'sex', 'age', 'modality', 'pixel_spacing', 'px_mean', 'px_sqmean', 'source_size', 'source_mtime_ns']
     return {r['patientId']: dict(r, ok=True) for r in m[keep].to_dict('records')}
 
-def _is_current(rec:dict|None, src:Path, dst:Path)->bool:
-    if rec is None or not dst.exists(): return False
-    try: return (int(rec['source_size']), int(rec['source_mtime_ns'])) == _source_signature(src)
+def _array_ok(path:Path, size:int)->bool:
+    "True when `path` holds a whole size×size uint8 .npy array (from its header and its length, without loading it)."
+    try:
+        with open(path, 'rb') as f:
+            major, _ = np.lib.format.read_magic(f)
+            shape, _, dtype = (np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0)(f)
+            return shape == (size, size) and dtype == np.uint8 and os.fstat(f.fileno()).st_size == f.tell() + size * size
+    except Exception: return False
+
+def _is_current(rec:dict|None, src:Path, dst:Path, size:int)->bool:
+    "Can the cached array `dst` be reused: same source file (size, mtime), and a readable size×size uint8 array?"
+    if rec is None: return False
+    try: same = (int(rec['source_size']), int(rec['source_mtime_ns'])) == _source_signature(src)
     except (OSError, ValueError, TypeError): return False
+    return same and _array_ok(dst, size)
 
 # %% ../nbs/02_preprocessing.ipynb #454bc57a
 @contextmanager
@@ -621,13 +705,43 @@ def _label_plan(data_dir:Path, split, val_frac, test_frac, folds, seed)->tuple:
     "The per-patient table (with split, fold and source file) of the labelled images, and the label report."
     raw = read_labels(data_dir)
     img_dir = data_dir/IMAGES_DIR
-    if not img_dir.is_dir(): raise FileNotFoundError(f'{img_dir}: image folder not found; expected the challenge layout ({LABELS_CSV}, {IMAGES_DIR}/)')
     image_files = {p.stem: p for p in img_dir.glob('*.dcm')}
     labels = check_labels(raw, image_ids=image_files.keys())
     table = assign_splits(label_table(raw), split=split, val_frac=val_frac, test_frac=test_frac, folds=folds, seed=seed)
     table = table[table.patientId.isin(image_files.keys())].reset_index(drop=True)
-    table['source'] = [str(image_files[p].resolve()) for p in table.patientId]
+    table['source'] = [os.path.abspath(image_files[p]) for p in table.patientId]   # links unresolved: errors name the link
     return table, labels
+
+class CacheError(ValueError):
+    "A cache folder that this run must not write to; the message names the folder and the reason."
+    def __init__(self, path, problem): self.path, self.problem = str(path), problem; super().__init__(f'{path}: {problem}')
+
+LOCK_NAME = '.preprocess.lock'
+
+@contextmanager
+def _cache_lock(cache:Path):
+    "Hold the cache folder's lock for the duration; fail at once, naming the folder, when another run holds it."
+    lock = FileLock(cache/LOCK_NAME, timeout=0)
+    try: lock.acquire()
+    except Timeout: raise CacheError(cache, f'another preprocess run is writing to this folder (it holds {cache/LOCK_NAME}); '
+                                            'wait for it to finish, or use another folder') from None
+    try: yield
+    finally: lock.release()
+
+def _check_cache_size(cache:Path, size:int):
+    "Refuse to write size×size images into a folder that holds a cache of another size."
+    try: old = json.loads((cache/'stats.json').read_text()).get('size')
+    except (OSError, ValueError, AttributeError): return   # no cache here yet (or no readable record of one: all is redone)
+    if old is not None and old != size:
+        raise CacheError(cache, f'this folder holds a cache of size {old}, not {size}; use a new folder, or remove this '
+                                f'one to rebuild it at size {size}')
+
+def _box_problem(boxes:list, rows:int, cols:int)->str|None:
+    "Why boxes (x, y, width, height in the original image's pixels) do not fit a rows×cols image, or None."
+    for b in boxes:
+        if b[0] + b[2] > cols or b[1] + b[3] > rows:
+            return f'label box {b} reaches outside the {cols}×{rows} image (Columns×Rows); image left out of the cache'
+    return None
 
 # %% ../nbs/02_preprocessing.ipynb #76885986
 def preprocess(data_dir, # challenge layout: stage_2_train_labels.csv, stage_2_train_images/*.dcm
@@ -648,37 +762,47 @@ def preprocess(data_dir, # challenge layout: stage_2_train_labels.csv, stage_2_t
     data_dir, cache = Path(data_dir), Path(out_dir)
     if not data_dir.is_dir(): raise FileNotFoundError(f'{data_dir}: data folder not found')
     if size < 8: raise ValueError(f'size must be at least 8, not {size}')
+    read_labels(data_dir)   # a bad label file is refused before anything is written (it is read again after the fork)
+    if not (data_dir/IMAGES_DIR).is_dir(): raise FileNotFoundError(f'{data_dir/IMAGES_DIR}: image folder not found; expected the challenge layout ({LABELS_CSV}, {IMAGES_DIR}/)')
+    _check_cache_size(cache, size)
     workers = max(1, workers or len(os.sched_getaffinity(0)))
-    with _worker_pool(workers) as pool:
+    cache.mkdir(parents=True, exist_ok=True)
+    with _cache_lock(cache), _worker_pool(workers) as pool:
+        _check_cache_size(cache, size)   # again, now that no other run can be writing
         table, labels = _label_plan(data_dir, split, val_frac, test_frac, folds, seed)
         (cache/'images').mkdir(parents=True, exist_ok=True)
         for stale in (cache/'images').glob('.*.tmp'): stale.unlink(missing_ok=True)   # left by a crash
         prev = _previous_records(cache, size)
-        if not prev:   # a new cache, or one of another size or version: start its records afresh
+        if not prev:   # a new cache, or one of another cache version: start its records afresh
             (cache/'manifest.csv').unlink(missing_ok=True)
             atomic_write(cache/'stats.json', json.dumps(dict(version=CACHE_VERSION, size=size)))
-        records, jobs = {}, []
+        boxes, sources = dict(zip(table.patientId, table.boxes)), dict(zip(table.patientId, table.source))
+        records, jobs, failed = {}, [], []
+        def _keep(r:dict)->bool:   # a record whose label boxes fit its image; else reported, and its array removed
+            pid = r['patientId']; why = _box_problem(boxes[pid], int(r['orig_rows']), int(r['orig_cols']))
+            if why is None: records[pid] = r; return True
+            failed.append(f'{sources[pid]}: {why}'); (cache/'images'/f'{pid}.npy').unlink(missing_ok=True); return False
         for pid, src in zip(table.patientId, table.source):
             dst = cache/'images'/f'{pid}.npy'
-            if _is_current(prev.get(pid), Path(src), dst): records[pid] = prev[pid]
+            if _is_current(prev.get(pid), Path(src), dst, size): _keep(prev[pid])
             else: jobs.append((pid, src, dst, size, fast))
-        reused, failed = len(records), []
+        reused, cached_now = len(records), 0
         bar = tqdm(total=len(jobs), desc='preprocess', unit='img', disable=not progress or not jobs, smoothing=0.05)
         chunk = max(1, min(64, len(jobs) // (workers * 8)))
         results = pool.imap_unordered(_cache_one, jobs, chunksize=chunk) if pool and len(jobs) >= 2 * workers else map(_cache_one, jobs)
         for i, r in enumerate(results, 1):
-            if r['ok']: records[r['patientId']] = r
-            else: failed.append(r['error'])
+            if not r['ok']: failed.append(r['error'])
+            else: cached_now += _keep(r)
             bar.update(1)
             if i % checkpoint_every == 0: _write_manifest(cache, table, records, size)
-    bar.close()
-    m = _write_manifest(cache, table, records, size)
-    mean, std = _train_stats(m) if len(m) else (0.0, 1.0)
-    stats = dict(version=CACHE_VERSION, size=size, mean=mean, std=std, images=len(m), positives=int(m.Target.sum()),
-                 counts=m.split.value_counts().to_dict(), folds=folds, split=split, val_frac=val_frac, test_frac=test_frac, seed=seed)
-    atomic_write(cache/'stats.json', json.dumps(stats, indent=2))
-    atomic_write(cache/'report.json', json.dumps(dict(labels=labels, failed=failed), indent=2))
-    return PreprocessResult(cache, len(m), len(jobs) - len(failed), reused, failed, labels, stats, time.time() - t0)
+        bar.close()
+        m = _write_manifest(cache, table, records, size)
+        mean, std = _train_stats(m) if len(m) else (0.0, 1.0)
+        stats = dict(version=CACHE_VERSION, size=size, mean=mean, std=std, images=len(m), positives=int(m.Target.sum()),
+                     counts=m.split.value_counts().to_dict(), folds=folds, split=split, val_frac=val_frac, test_frac=test_frac, seed=seed)
+        atomic_write(cache/'stats.json', json.dumps(stats, indent=2))
+        atomic_write(cache/'report.json', json.dumps(dict(labels=labels, failed=failed), indent=2))
+    return PreprocessResult(cache, len(m), cached_now, reused, failed, labels, stats, time.time() - t0)
 
 # %% ../nbs/02_preprocessing.ipynb #b6516c8f
 def export_folder(cache, # a cache folder written by `preprocess`

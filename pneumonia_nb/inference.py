@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_inference.ipynb #1f788cef
 from __future__ import annotations
-import dataclasses, hashlib, json, os, time, uuid, warnings
+import dataclasses, hashlib, io, json, os, time, uuid, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .config import CheckpointError, PneumoniaError, atomic_write, normalise
-from .preprocessing import DicomError, read_dicom, resize_image
+from .preprocessing import DicomError, MAX_PIXELS, _link_problem, read_dicom, resize_image
 from .model import load_classifier
 with warnings.catch_warnings():  # in a notebook without ipywidgets tqdm.auto warns, then uses text bars
     warnings.simplefilter('ignore'); from tqdm.auto import tqdm
@@ -48,13 +49,28 @@ def _to_uint8(img:np.ndarray)->np.ndarray:
     x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
     return np.rint(x * 255).astype(np.uint8)
 
+def _check_declared_size(path:Path, data:bytes):
+    "Refuse, before decoding, an image whose header declares more than MAX_PIXELS pixels (when Pillow reads the header)."
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')   # Pillow's own decompression-bomb warning: we decide here
+            with Image.open(io.BytesIO(data)) as im: w, h = im.size
+    except Image.DecompressionBombError as e: raise ImageError(path, f'declares a huge image ({e}); refused before decoding') from None
+    except Exception: return   # a format Pillow does not know: OpenCV decides
+    if w * h > MAX_PIXELS:
+        raise ImageError(path, f'declares a {w}×{h} image ({w*h/1e6:.0f} megapixels), over the limit of {MAX_PIXELS/1e6:.0f}; '
+                               'refused before decoding')
+
 def _read_picture(path:Path)->np.ndarray:
     "The greyscale 8-bit image of a PNG or JPEG (or another file OpenCV decodes), at its own size."
+    if (why := _link_problem(path)) is not None: raise ImageError(path, why)
     if not path.exists(): raise ImageError(path, 'file not found')
     if path.is_dir(): raise ImageError(path, 'is a folder, not a file')
-    try: buf = np.fromfile(path, np.uint8)
-    except OSError as e: raise ImageError(path, f'could not be read ({e})') from None
-    if buf.size == 0: raise ImageError(path, 'empty file')
+    try: data = path.read_bytes()
+    except OSError as e: raise ImageError(path, f'could not be read ({e.strerror or e})') from None
+    if not data: raise ImageError(path, 'empty file')
+    _check_declared_size(path, data)
+    buf = np.frombuffer(data, np.uint8)
     img = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
     if img is None: raise ImageError(path, "neither a DICOM (no 'DICM' marker) nor an image OpenCV can decode; "
                                            "the file may be truncated or corrupt")
@@ -82,11 +98,11 @@ def expand_paths(paths, # files and folders: one path or a list
     files = []
     for p in paths:
         if p.is_dir():
-            found = sorted(f for f in p.rglob('*') if f.suffix.lower() in IMAGE_SUFFIXES and not _hidden(f, p) and f.is_file())
+            found = sorted(f for f in p.rglob('*') if f.suffix.lower() in IMAGE_SUFFIXES and not _hidden(f, p) and (f.is_file() or f.is_symlink()))
             if not found: raise FileNotFoundError(f'{p}: no images in this folder (searched it recursively for '
                                                   f'{", ".join(IMAGE_SUFFIXES)} files)')
             files += found
-        elif p.exists(): files.append(p)
+        elif p.exists() or p.is_symlink(): files.append(p)   # a broken link: read_image reports it by name
         else: raise FileNotFoundError(f'{p}: no such file or folder')
     return list(dict.fromkeys(files))
 

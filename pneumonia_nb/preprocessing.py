@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_preprocessing.ipynb #708d0a8a
 from __future__ import annotations
-import io, json, os, time, uuid, warnings
+import errno, io, json, os, time, uuid, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pydicom
+from filelock import FileLock, Timeout
 from PIL import Image
 from pydicom import uid as dcm_uid
 from pydicom.encaps import generate_frames
@@ -23,10 +24,11 @@ with warnings.catch_warnings():  # in a notebook without ipywidgets tqdm.auto wa
     warnings.simplefilter('ignore'); from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['LABELS_CSV', 'CLASSES_CSV', 'IMAGES_DIR', 'SEED_SPLIT_TRAIN', 'CACHE_VERSION', 'DicomError', 'read_header',
-           'to_uint8', 'resize_image', 'DicomImage', 'read_dicom', 'fast_path_difference', 'read_labels', 'label_table',
-           'check_labels', 'assign_splits', 'atomic_write', 'PreprocessResult', 'load_manifest', 'load_stats',
-           'preprocess', 'export_folder']
+__all__ = ['DECODERS_EXTRA', 'MAX_PIXELS', 'LABELS_CSV', 'CLASSES_CSV', 'IMAGES_DIR', 'SEED_SPLIT_TRAIN', 'CACHE_VERSION',
+           'LOCK_NAME', 'DicomError', 'read_header', 'to_uint8', 'resize_image', 'DicomImage', 'read_dicom',
+           'fast_path_difference', 'LabelError', 'read_labels', 'label_table', 'check_labels', 'assign_splits',
+           'atomic_write', 'safe_csv_value', 'write_csv', 'PreprocessResult', 'load_manifest', 'load_stats',
+           'CacheError', 'preprocess', 'export_folder']
 
 # %% ../nbs/02_preprocessing.ipynb #ddfbb976
 class DicomError(ValueError):
@@ -34,19 +36,20 @@ class DicomError(ValueError):
     def __init__(self, path, problem): self.path, self.problem = str(path), problem; super().__init__(f'{path}: {problem}')
 
 # %% ../nbs/02_preprocessing.ipynb #a0737fab
-_DECODER_PACKAGES = {
-    'JPEG 2000': 'pip install pylibjpeg pylibjpeg-openjpeg  (or python-gdcm)',
-    'JPEG-LS': 'pip install pylibjpeg pylibjpeg-libjpeg  (or pyjpegls, python-gdcm)',
-    'High-Throughput JPEG 2000': 'pip install pylibjpeg pylibjpeg-openjpeg',
-    'JPEG': 'pip install pillow  (or pylibjpeg pylibjpeg-libjpeg, python-gdcm)',
-    'RLE': 'pip install pylibjpeg pylibjpeg-rle  (or python-gdcm)',
+DECODERS_EXTRA = 'pip install "pneumonia_nb[decoders]"'
+_DECODER_PACKAGES = {   # alternatives to the extra, by transfer syntax name
+    'High-Throughput JPEG 2000': 'pylibjpeg pylibjpeg-openjpeg',
+    'JPEG 2000': 'pylibjpeg pylibjpeg-openjpeg, or python-gdcm',
+    'JPEG-LS': 'python-gdcm, or pyjpegls',
+    'JPEG Lossless': 'python-gdcm',
+    'JPEG': 'pillow',
+    'RLE': 'pylibjpeg pylibjpeg-rle, or python-gdcm',
 }
 
 def _install_hint(ts:dcm_uid.UID)->str:
-    "The pip command that brings a decoder for transfer syntax `ts`."
-    for k,v in _DECODER_PACKAGES.items():
-        if ts.name.startswith(k): return v
-    return 'pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg  (or python-gdcm)'
+    "How to install a decoder for transfer syntax `ts`: the `decoders` extra, or the packages it would bring."
+    alt = next((v for k,v in _DECODER_PACKAGES.items() if ts.name.startswith(k)), 'python-gdcm')
+    return f'{DECODERS_EXTRA}  (or pip install {alt})'
 
 def _check_decoder(path, ts:dcm_uid.UID):
     "Raise `DicomError` when no installed plugin can decode transfer syntax `ts`."
@@ -54,7 +57,7 @@ def _check_decoder(path, ts:dcm_uid.UID):
     try: dec = get_decoder(ts)
     except NotImplementedError: raise DicomError(path, f'transfer syntax {ts.name} ({ts}) is not supported by pydicom; convert the file to an uncompressed or JPEG syntax first (e.g. with gdcmconv or dcmdjpeg)') from None
     if not dec.is_available:
-        raise DicomError(path, f'no decoder installed for {ts.name} ({ts}); install one: {_install_hint(ts)}')
+        raise DicomError(path, f'no decoder installed for {ts.name} ({ts}); install the optional decoders: {_install_hint(ts)}')
 
 # %% ../nbs/02_preprocessing.ipynb #5091ca37
 @contextmanager
@@ -136,20 +139,49 @@ def resize_image(img:np.ndarray, # uint8 image, any size
     if img.shape[:2] != (size, size): img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
     return img
 
+# %% ../nbs/02_preprocessing.ipynb #c7359522
+MAX_PIXELS = 100_000_000   # decoded pixels (all frames) above which a file is refused before decoding
+
+def _link_problem(path)->str|None:
+    "Why the symbolic link `path` cannot be followed (a loop, a missing target), or None."
+    p = Path(path)
+    if not p.is_symlink(): return None
+    try: os.stat(p); return None
+    except OSError as e:
+        if e.errno == errno.ELOOP: return 'symbolic link loop (following it leads back to itself); skipped'
+        if e.errno == errno.ENOENT: return f'broken symbolic link (its target {os.readlink(p)} does not exist); skipped'
+        return f'symbolic link that cannot be followed ({e.strerror}); skipped'
+
+def _check_geometry(path, rows:int, cols:int, frames:int=1):
+    "Refuse, before decoding, a header without an image size or with more than MAX_PIXELS pixels."
+    if rows <= 0 or cols <= 0: raise DicomError(path, f'the header gives no image size (Rows {rows}, Columns {cols})')
+    n = rows * cols * max(frames, 1)
+    if n > MAX_PIXELS:
+        what = f'{cols}×{rows}' + (f'×{frames} frames' if frames > 1 else '')
+        raise DicomError(path, f'the header declares a {what} image ({n/1e6:.0f} megapixels), over the limit of '
+                               f'{MAX_PIXELS/1e6:.0f}; refused before decoding')
+
+def _check_shape(path, got:tuple, rows:int, cols:int):
+    "Refuse pixel data whose (rows, columns) are not the header's Rows and Columns."
+    if tuple(got[:2]) != (rows, cols):
+        raise DicomError(path, f'the pixel data hold a {got[1]}×{got[0]} image but the header says {cols}×{rows} '
+                               '(Columns×Rows); refused, since sizes and boxes would be scaled wrongly')
+
 # %% ../nbs/02_preprocessing.ipynb #7dde12d5
-def _decode_jpeg_reduced(frame:bytes, size:int)->np.ndarray|None:
+def _decode_jpeg_reduced(frame:bytes, size:int, path, rows:int, cols:int)->np.ndarray|None:
     "Decode a greyscale JPEG frame at the largest 1/2, 1/4 or 1/8 scale that keeps both sides >= size."
     with Image.open(io.BytesIO(frame)) as im:
         if im.mode != 'L': return None
+        _check_shape(path, (im.height, im.width), rows, cols)   # from the JPEG header, before decoding
         im.draft('L', (size, size))
         return np.asarray(im)
 
-def _fast_jpeg(ds:pydicom.Dataset, size:int)->np.ndarray|None:
+def _fast_jpeg(ds:pydicom.Dataset, size:int, path)->np.ndarray|None:
     "Reduced-scale decode of a dataset's JPEG Baseline frame, or None when the fast path does not apply."
     ts = ds.file_meta.get('TransferSyntaxUID')
     if ts != dcm_uid.JPEGBaseline8Bit or int(ds.get('SamplesPerPixel', 1)) != 1 or int(ds.get('BitsAllocated', 8)) != 8: return None
     if int(ds.get('NumberOfFrames', 1) or 1) != 1 or _reduction(int(ds.Rows), int(ds.Columns), size) == 1: return None
-    return _decode_jpeg_reduced(next(generate_frames(ds.PixelData, number_of_frames=1)), size)
+    return _decode_jpeg_reduced(next(generate_frames(ds.PixelData, number_of_frames=1)), size, path, int(ds.Rows), int(ds.Columns))
 
 # %% ../nbs/02_preprocessing.ipynb #907da1ef
 _LONG_VRS = {b'OB', b'OD', b'OF', b'OL', b'OV', b'OW', b'SQ', b'SV', b'UC', b'UN', b'UR', b'UT', b'UV'}
@@ -247,11 +279,12 @@ def _read_fast(path, size:int)->tuple|None:
     if scan is None: return None
     vals, pos = scan
     h = _raw_header(vals)
+    _check_geometry(path, h['rows'], h['cols'])
     if h['photometric'] not in ('MONOCHROME1', 'MONOCHROME2') or _raw_us(vals, 'samples', 1) != 1: return None
     if _raw_us(vals, 'bits_allocated', 8) != 8 or _raw_str(vals, 'frames') not in ('', '1'): return None
     if _reduction(h['rows'], h['cols'], size) == 1: return None
     frame = _single_frame(buf, pos)
-    try: img = None if frame is None else _decode_jpeg_reduced(frame, size)
+    try: img = None if frame is None else _decode_jpeg_reduced(frame, size, path, h['rows'], h['cols'])
     except OSError as e: raise DicomError(path, f'pixel data could not be decoded, the file may be truncated or corrupt ({e})') from None
     if img is None: return None
     return (255 - img if h['photometric'] == 'MONOCHROME1' else img), h
@@ -266,19 +299,49 @@ class DicomImage:
 def _first_frame(arr:np.ndarray, ds:pydicom.Dataset)->np.ndarray:
     "One greyscale frame from whatever pydicom decoded (multi-frame or colour files)."
     if int(ds.get('NumberOfFrames', 1) or 1) > 1: arr = arr[0]
-    if arr.ndim == 3: arr = cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY)   # pydicom gives colour as RGB
+    if arr.ndim == 3:   # colour, which pydicom gives as RGB: BT.601 luma, in the array's own type (any bit depth)
+        arr = np.rint(arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])).astype(arr.dtype)
     return arr
+
+def _check_pixels(path, ds:pydicom.Dataset):
+    "Refuse, before decoding, pixel data that are absent, huge, of an unusable kind, or not as long as the header says."
+    if 'PixelData' not in ds:
+        raise DicomError(path, 'truncated file (it ends inside an element)' if _looks_truncated(path) else 'no pixel data (the file holds no PixelData element)')
+    rows, cols, frames = (int(ds.get(k, d) or d) for k, d in (('Rows', 0), ('Columns', 0), ('NumberOfFrames', 1)))
+    _check_geometry(path, rows, cols, frames)
+    spp, pi = int(ds.get('SamplesPerPixel', 1) or 1), str(ds.get('PhotometricInterpretation', '') or '')
+    if spp not in (1, 3) or (spp == 1 and pi not in ('', 'MONOCHROME1', 'MONOCHROME2')) or (spp == 3 and not (pi == 'RGB' or pi.startswith('YBR'))):
+        raise DicomError(path, f'{spp} sample(s) per pixel with photometric interpretation {pi or "(none)"}: only greyscale '
+                               '(MONOCHROME1/2) and colour (RGB, YBR) images can be turned into a grey radiograph')
+    ts = ds.file_meta.get('TransferSyntaxUID') if hasattr(ds, 'file_meta') else None
+    if ts is not None and not ts.is_compressed:
+        need = -(-rows * cols * frames * spp * int(ds.get('BitsAllocated', 8) or 8) // 8)
+        have = len(ds.PixelData)
+        if have not in (need, need + 1):   # one byte of padding to an even length is allowed
+            raise DicomError(path, f'the pixel data hold {have} bytes but the header ({cols}×{rows}, {frames} frame(s), '
+                                   f'{spp} sample(s), {ds.get("BitsAllocated")} bits) describes {need}; refused')
+
+def _frame_shape(ds:pydicom.Dataset)->tuple|None:
+    "(rows, columns) that the first compressed frame's own header declares, where Pillow can read it; else None."
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=int(ds.get('NumberOfFrames', 1) or 1)))
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            with Image.open(io.BytesIO(frame)) as im: return im.height, im.width
+    except Exception: return None
 
 def _decode(path, ds:pydicom.Dataset)->np.ndarray:
     "Stored pixel values of the first frame, with errors that say what went wrong."
-    if 'PixelData' not in ds:
-        raise DicomError(path, 'truncated file (it ends inside an element)' if _looks_truncated(path) else 'no pixel data (the file holds no PixelData element)')
     ts = ds.file_meta.get('TransferSyntaxUID')
     if ts is None: raise DicomError(path, 'no transfer syntax in the file meta information')
     _check_decoder(path, ts)
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    if ts.is_compressed and (shape := _frame_shape(ds)) is not None: _check_shape(path, shape, rows, cols)  # before decoding
     try: arr = ds.pixel_array
     except Exception as e: raise DicomError(path, f'pixel data could not be decoded, the file may be truncated or corrupt ({type(e).__name__}: {e})') from None
-    return _first_frame(arr, ds)
+    arr = _first_frame(arr, ds)
+    _check_shape(path, arr.shape, rows, cols)
+    return arr
 
 def _dcmread(path)->pydicom.Dataset:
     "pydicom.dcmread with clear errors: missing, not a DICOM, truncated."
@@ -289,12 +352,13 @@ def _dcmread(path)->pydicom.Dataset:
         except FileNotFoundError: raise DicomError(path, 'file not found') from None
         except IsADirectoryError: raise DicomError(path, 'is a folder, not a file') from None
         except InvalidDicomError: raise DicomError(path, "not a DICOM file (no 'DICM' marker after the 128-byte preamble)") from None
+        except OSError as e: raise DicomError(path, f'could not be read ({e.strerror or e})') from None
         except Exception as e: raise DicomError(path, f'unreadable DICOM, the file may be truncated or corrupt ({type(e).__name__}: {e})') from None
     for w in caught:
         msg = str(w.message)
-        if 'End of file reached' in msg or 'Expected explicit VR' in msg: raise DicomError(path, f'truncated file ({msg})')
+        if 'End of file reached' in msg: raise DicomError(path, f'truncated file ({msg})')
         if not any(k in msg for k in ('Invalid value', 'is not valid for VR', 'value length')):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)   # a warning, not a reason to refuse
     return ds
 
 def read_dicom(path, # a DICOM file
@@ -302,15 +366,18 @@ def read_dicom(path, # a DICOM file
                fast:bool=True, # decode JPEG Baseline at reduced scale when that gives the same image
               )->DicomImage:
     "Read one DICOM into an 8-bit display image (optionally resized) and its header fields."
+    if (why := _link_problem(path)) is not None: raise DicomError(path, why)
     if fast and size is not None:
         try: quick = _read_fast(path, size)
-        except (FileNotFoundError, IsADirectoryError): quick = None   # _dcmread says which
+        except OSError: quick = None   # missing, a folder, unreadable: _dcmread says which
         if quick is not None: return DicomImage(resize_image(quick[0], size), quick[1])
     ds = _dcmread(path)
     header = read_header(ds)
+    _check_pixels(path, ds)
     arr = None
-    if fast and size is not None and 'PixelData' in ds:
-        try: arr = _fast_jpeg(ds, size)
+    if fast and size is not None:
+        try: arr = _fast_jpeg(ds, size, path)
+        except DicomError: raise
         except Exception as e: raise DicomError(path, f'pixel data could not be decoded, the file may be truncated or corrupt ({type(e).__name__}: {e})') from None
     if arr is None: arr = _decode(path, ds)
     img = to_uint8(arr, ds)
@@ -326,24 +393,74 @@ def fast_path_difference(path, size:int=224)->dict:
 
 # %% ../nbs/02_preprocessing.ipynb #ec3e79b4
 LABELS_CSV, CLASSES_CSV, IMAGES_DIR = 'stage_2_train_labels.csv', 'stage_2_detailed_class_info.csv', 'stage_2_train_images'
+_BOX = ['x', 'y', 'width', 'height']
+
+class LabelError(ValueError):
+    "A label file that cannot be used; the message names the file, the lines and the problem."
+    def __init__(self, path, problem): self.path, self.problem = str(path), problem; super().__init__(f'{path}: {problem}')
+
+def _lines(mask, n:int=5)->str:
+    "File line numbers (the header is line 1) of the rows where `mask` is true: the first n, and how many more."
+    ln = np.flatnonzero(np.asarray(mask)) + 2
+    return ', '.join(map(str, ln[:n])) + (f' and {len(ln) - n} more' if len(ln) > n else '')
+
+def _read_table(f:Path, needed:list, expected:str)->pd.DataFrame:
+    "A label CSV as text (IDs keep leading zeros, 'NA' stays 'NA'), refused when empty, header-only or missing columns."
+    try: t = pd.read_csv(f, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError: raise LabelError(f, f'empty file; expected the header {expected}') from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e: raise LabelError(f, f'not a readable CSV ({str(e).strip()})') from None
+    box = [c for c in _BOX if c in t.columns]
+    missing = [c for c in needed if c not in t.columns] + ([c for c in _BOX if c not in box] if box else [])
+    if missing: raise LabelError(f, f'missing column(s) {", ".join(missing)}; expected {expected}')
+    if t.empty: raise LabelError(f, 'no rows, only a header')
+    return t
+
+def _check_ids(f:Path, ids:pd.Series):
+    "Refuse empty patientIds and ones with spaces around them, naming the lines."
+    if (empty := ids.str.strip() == '').any(): raise LabelError(f, f'empty patientId on line(s) {_lines(empty)}')
+    if (spaced := ids != ids.str.strip()).any():
+        raise LabelError(f, f'patientId with spaces around it on line(s) {_lines(spaced)} ({ids[spaced].iloc[0]!r}); '
+                            'it would not match its image file: remove the spaces')
+
+def _parse_target(f:Path, t:pd.Series)->pd.Series:
+    "Target as 0/1 integers; anything else is refused with its lines and values."
+    bad = ~t.isin(['0', '1'])
+    if bad.any():
+        ex = ', '.join(f'{v!r} on line {i + 2}' for i, v in t[bad].head(5).items())
+        raise LabelError(f, f'Target must be 0 or 1: {ex}' + (f' and {bad.sum() - 5} more' if bad.sum() > 5 else ''))
+    return (t == '1').astype(int)
+
+def _parse_boxes(f:Path, raw:pd.DataFrame)->pd.DataFrame:
+    "Box columns as floats (NaN where a row has no box); incomplete, non-numeric or impossible boxes are refused."
+    if _BOX[0] not in raw: return raw
+    txt = raw[_BOX].apply(lambda c: c.str.strip()); given = txt != ''
+    if (part := given.any(axis=1) & ~given.all(axis=1)).any():
+        raise LabelError(f, f'incomplete box on line(s) {_lines(part)}: give all of x, y, width, height, or none')
+    num = txt.apply(pd.to_numeric, errors='coerce')
+    if (nan := (given & ~np.isfinite(num)).any(axis=1)).any():
+        raise LabelError(f, f'box value that is not a finite number on line(s) {_lines(nan)}')
+    if (neg := given.all(axis=1) & ((num.x < 0) | (num.y < 0) | (num.width <= 0) | (num.height <= 0))).any():
+        raise LabelError(f, f'box with a negative corner or a width or height that is not positive on line(s) {_lines(neg)}')
+    raw[_BOX] = num.astype(float)
+    return raw
 
 def read_labels(data_dir, # a folder in the challenge layout
                )->pd.DataFrame:
-    "The label rows, with the detailed class added when its file is present (row-aligned, checked)."
+    "The label rows, checked, with the detailed class added when its file is present (row-aligned, checked)."
     data_dir = Path(data_dir)
     lf = data_dir/LABELS_CSV
     if not lf.exists(): raise FileNotFoundError(f'{lf}: labels file not found; expected the challenge layout ({LABELS_CSV}, {IMAGES_DIR}/)')
-    raw = pd.read_csv(lf)
-    missing = {'patientId', 'Target'} - set(raw.columns)
-    if missing: raise ValueError(f'{lf}: missing columns {sorted(missing)}; expected patientId,x,y,width,height,Target')
+    raw = _read_table(lf, ['patientId', 'Target'], 'patientId,x,y,width,height,Target')
+    _check_ids(lf, raw.patientId)
+    raw['Target'] = _parse_target(lf, raw.Target.str.strip())
+    raw = _parse_boxes(lf, raw)
     cf = data_dir/CLASSES_CSV
     if cf.exists():
-        cls = pd.read_csv(cf)
+        cls = _read_table(cf, ['patientId', 'class'], 'patientId,class')
+        _check_ids(cf, cls.patientId)
         if len(cls) == len(raw) and (cls.patientId.values == raw.patientId.values).all(): raw['class'] = cls['class'].values
-        else: raw = raw.merge(cls.drop_duplicates('patientId'), on='patientId', how='left')
+        else: raw = raw.merge(cls[['patientId', 'class']].drop_duplicates('patientId'), on='patientId', how='left')
     return raw
-
-_BOX = ['x', 'y', 'width', 'height']
 
 def _box_rows(raw:pd.DataFrame)->pd.Series:
     "Which label rows carry a complete box."
@@ -378,7 +495,7 @@ def check_labels(raw:pd.DataFrame, # rows from `read_labels`
     }
     if 'class' in raw:
         problems['class_disagrees_with_target'] = raw.patientId[(raw['class'] == 'Lung Opacity') != (raw.Target == 1)]
-        problems['class_missing'] = raw.patientId[raw['class'].isna()]
+        problems['class_missing'] = raw.patientId[raw['class'].fillna('').astype(str).str.strip() == '']
     pids = set(raw.patientId)
     if image_ids is not None:
         image_ids = set(image_ids)
@@ -448,6 +565,26 @@ def _save_npy(path, arr:np.ndarray):
     "np.save, atomically."
     buf = io.BytesIO(); np.save(buf, arr, allow_pickle=False); atomic_write(path, buf.getvalue())
 
+# %% ../nbs/02_preprocessing.ipynb #2dc8bedf
+_FORMULA_START = ('=', '+', '-', '@', '\t', '\r', "'")
+
+def safe_csv_value(v):
+    "`v`, with a leading ' when it is text a spreadsheet would run as a formula (or text that starts with ')."
+    return "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v
+
+def _unescape_csv_value(v):
+    "Undo `safe_csv_value`."
+    return v[1:] if isinstance(v, str) and v.startswith("'") else v
+
+def write_csv(path, # the CSV file to write (atomically)
+              df:pd.DataFrame, # the table; its text columns go through `safe_csv_value`
+             ):
+    "Write `df` as a CSV that a spreadsheet opens without running anything."
+    out = df.copy()
+    for c in out.columns:
+        if out[c].dtype == object or pd.api.types.is_string_dtype(out[c]): out[c] = out[c].map(safe_csv_value)
+    atomic_write(path, out.to_csv(index=False))
+
 # %% ../nbs/02_preprocessing.ipynb #76657cbc
 def _source_signature(path)->tuple:
     st = os.stat(path); return st.st_size, st.st_mtime_ns
@@ -501,6 +638,8 @@ def load_manifest(cache, # a cache folder written by `preprocess`
     cache = Path(cache); f = cache/'manifest.csv'
     if not f.exists(): raise FileNotFoundError(f'{f}: no manifest; is {cache} a cache written by `pneumonia_nb preprocess`?')
     m = pd.read_csv(f, dtype={'patientId': str, 'class': str, 'sex': str, 'view': str}, keep_default_na=False, na_values=[''])
+    for c in m.columns:
+        if m[c].dtype == object or pd.api.types.is_string_dtype(m[c]): m[c] = m[c].map(_unescape_csv_value)
     m['boxes'] = m.boxes.map(json.loads)
     m['path'] = [str(cache/p) for p in m.path]
     return m
@@ -521,7 +660,7 @@ def _write_manifest(cache:Path, table:pd.DataFrame, records:dict, size:int):
     m['path'] = [f'images/{p}.npy' for p in m.patientId]
     cols = ['patientId', 'split', 'fold', 'Target', 'class', 'boxes', 'path', 'source', 'view', 'sex', 'age', 'modality',
             'pixel_spacing', 'orig_rows', 'orig_cols', 'px_mean', 'px_sqmean', 'source_size', 'source_mtime_ns']
-    atomic_write(cache/'manifest.csv', m[cols].to_csv(index=False))
+    write_csv(cache/'manifest.csv', m[cols])
     return m[cols]
 
 def _train_stats(m:pd.DataFrame)->tuple:
@@ -531,16 +670,27 @@ def _train_stats(m:pd.DataFrame)->tuple:
 
 def _previous_records(cache:Path, size:int)->dict:
     "Records of an earlier run that can be reused (same size and cache version), keyed by patientId."
-    try: st, m = load_stats(cache), pd.read_csv(cache/'manifest.csv', dtype={'patientId': str})
-    except (FileNotFoundError, ValueError, json.JSONDecodeError): return {}
+    try: st, m = load_stats(cache), load_manifest(cache)
+    except (FileNotFoundError, ValueError, KeyError, json.JSONDecodeError): return {}
     if st.get('size') != size or st.get('version') != CACHE_VERSION: return {}
     keep = ['patientId', 'orig_rows', 'orig_cols', 'view', 'sex', 'age', 'modality', 'pixel_spacing', 'px_mean', 'px_sqmean', 'source_size', 'source_mtime_ns']
     return {r['patientId']: dict(r, ok=True) for r in m[keep].to_dict('records')}
 
-def _is_current(rec:dict|None, src:Path, dst:Path)->bool:
-    if rec is None or not dst.exists(): return False
-    try: return (int(rec['source_size']), int(rec['source_mtime_ns'])) == _source_signature(src)
+def _array_ok(path:Path, size:int)->bool:
+    "True when `path` holds a whole size×size uint8 .npy array (from its header and its length, without loading it)."
+    try:
+        with open(path, 'rb') as f:
+            major, _ = np.lib.format.read_magic(f)
+            shape, _, dtype = (np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0)(f)
+            return shape == (size, size) and dtype == np.uint8 and os.fstat(f.fileno()).st_size == f.tell() + size * size
+    except Exception: return False
+
+def _is_current(rec:dict|None, src:Path, dst:Path, size:int)->bool:
+    "Can the cached array `dst` be reused: same source file (size, mtime), and a readable size×size uint8 array?"
+    if rec is None: return False
+    try: same = (int(rec['source_size']), int(rec['source_mtime_ns'])) == _source_signature(src)
     except (OSError, ValueError, TypeError): return False
+    return same and _array_ok(dst, size)
 
 # %% ../nbs/02_preprocessing.ipynb #454bc57a
 @contextmanager
@@ -555,13 +705,43 @@ def _label_plan(data_dir:Path, split, val_frac, test_frac, folds, seed)->tuple:
     "The per-patient table (with split, fold and source file) of the labelled images, and the label report."
     raw = read_labels(data_dir)
     img_dir = data_dir/IMAGES_DIR
-    if not img_dir.is_dir(): raise FileNotFoundError(f'{img_dir}: image folder not found; expected the challenge layout ({LABELS_CSV}, {IMAGES_DIR}/)')
     image_files = {p.stem: p for p in img_dir.glob('*.dcm')}
     labels = check_labels(raw, image_ids=image_files.keys())
     table = assign_splits(label_table(raw), split=split, val_frac=val_frac, test_frac=test_frac, folds=folds, seed=seed)
     table = table[table.patientId.isin(image_files.keys())].reset_index(drop=True)
-    table['source'] = [str(image_files[p].resolve()) for p in table.patientId]
+    table['source'] = [os.path.abspath(image_files[p]) for p in table.patientId]   # links unresolved: errors name the link
     return table, labels
+
+class CacheError(ValueError):
+    "A cache folder that this run must not write to; the message names the folder and the reason."
+    def __init__(self, path, problem): self.path, self.problem = str(path), problem; super().__init__(f'{path}: {problem}')
+
+LOCK_NAME = '.preprocess.lock'
+
+@contextmanager
+def _cache_lock(cache:Path):
+    "Hold the cache folder's lock for the duration; fail at once, naming the folder, when another run holds it."
+    lock = FileLock(cache/LOCK_NAME, timeout=0)
+    try: lock.acquire()
+    except Timeout: raise CacheError(cache, f'another preprocess run is writing to this folder (it holds {cache/LOCK_NAME}); '
+                                            'wait for it to finish, or use another folder') from None
+    try: yield
+    finally: lock.release()
+
+def _check_cache_size(cache:Path, size:int):
+    "Refuse to write size×size images into a folder that holds a cache of another size."
+    try: old = json.loads((cache/'stats.json').read_text()).get('size')
+    except (OSError, ValueError, AttributeError): return   # no cache here yet (or no readable record of one: all is redone)
+    if old is not None and old != size:
+        raise CacheError(cache, f'this folder holds a cache of size {old}, not {size}; use a new folder, or remove this '
+                                f'one to rebuild it at size {size}')
+
+def _box_problem(boxes:list, rows:int, cols:int)->str|None:
+    "Why boxes (x, y, width, height in the original image's pixels) do not fit a rows×cols image, or None."
+    for b in boxes:
+        if b[0] + b[2] > cols or b[1] + b[3] > rows:
+            return f'label box {b} reaches outside the {cols}×{rows} image (Columns×Rows); image left out of the cache'
+    return None
 
 # %% ../nbs/02_preprocessing.ipynb #76885986
 def preprocess(data_dir, # challenge layout: stage_2_train_labels.csv, stage_2_train_images/*.dcm
@@ -582,37 +762,47 @@ def preprocess(data_dir, # challenge layout: stage_2_train_labels.csv, stage_2_t
     data_dir, cache = Path(data_dir), Path(out_dir)
     if not data_dir.is_dir(): raise FileNotFoundError(f'{data_dir}: data folder not found')
     if size < 8: raise ValueError(f'size must be at least 8, not {size}')
+    read_labels(data_dir)   # a bad label file is refused before anything is written (it is read again after the fork)
+    if not (data_dir/IMAGES_DIR).is_dir(): raise FileNotFoundError(f'{data_dir/IMAGES_DIR}: image folder not found; expected the challenge layout ({LABELS_CSV}, {IMAGES_DIR}/)')
+    _check_cache_size(cache, size)
     workers = max(1, workers or len(os.sched_getaffinity(0)))
-    with _worker_pool(workers) as pool:
+    cache.mkdir(parents=True, exist_ok=True)
+    with _cache_lock(cache), _worker_pool(workers) as pool:
+        _check_cache_size(cache, size)   # again, now that no other run can be writing
         table, labels = _label_plan(data_dir, split, val_frac, test_frac, folds, seed)
         (cache/'images').mkdir(parents=True, exist_ok=True)
         for stale in (cache/'images').glob('.*.tmp'): stale.unlink(missing_ok=True)   # left by a crash
         prev = _previous_records(cache, size)
-        if not prev:   # a new cache, or one of another size or version: start its records afresh
+        if not prev:   # a new cache, or one of another cache version: start its records afresh
             (cache/'manifest.csv').unlink(missing_ok=True)
             atomic_write(cache/'stats.json', json.dumps(dict(version=CACHE_VERSION, size=size)))
-        records, jobs = {}, []
+        boxes, sources = dict(zip(table.patientId, table.boxes)), dict(zip(table.patientId, table.source))
+        records, jobs, failed = {}, [], []
+        def _keep(r:dict)->bool:   # a record whose label boxes fit its image; else reported, and its array removed
+            pid = r['patientId']; why = _box_problem(boxes[pid], int(r['orig_rows']), int(r['orig_cols']))
+            if why is None: records[pid] = r; return True
+            failed.append(f'{sources[pid]}: {why}'); (cache/'images'/f'{pid}.npy').unlink(missing_ok=True); return False
         for pid, src in zip(table.patientId, table.source):
             dst = cache/'images'/f'{pid}.npy'
-            if _is_current(prev.get(pid), Path(src), dst): records[pid] = prev[pid]
+            if _is_current(prev.get(pid), Path(src), dst, size): _keep(prev[pid])
             else: jobs.append((pid, src, dst, size, fast))
-        reused, failed = len(records), []
+        reused, cached_now = len(records), 0
         bar = tqdm(total=len(jobs), desc='preprocess', unit='img', disable=not progress or not jobs, smoothing=0.05)
         chunk = max(1, min(64, len(jobs) // (workers * 8)))
         results = pool.imap_unordered(_cache_one, jobs, chunksize=chunk) if pool and len(jobs) >= 2 * workers else map(_cache_one, jobs)
         for i, r in enumerate(results, 1):
-            if r['ok']: records[r['patientId']] = r
-            else: failed.append(r['error'])
+            if not r['ok']: failed.append(r['error'])
+            else: cached_now += _keep(r)
             bar.update(1)
             if i % checkpoint_every == 0: _write_manifest(cache, table, records, size)
-    bar.close()
-    m = _write_manifest(cache, table, records, size)
-    mean, std = _train_stats(m) if len(m) else (0.0, 1.0)
-    stats = dict(version=CACHE_VERSION, size=size, mean=mean, std=std, images=len(m), positives=int(m.Target.sum()),
-                 counts=m.split.value_counts().to_dict(), folds=folds, split=split, val_frac=val_frac, test_frac=test_frac, seed=seed)
-    atomic_write(cache/'stats.json', json.dumps(stats, indent=2))
-    atomic_write(cache/'report.json', json.dumps(dict(labels=labels, failed=failed), indent=2))
-    return PreprocessResult(cache, len(m), len(jobs) - len(failed), reused, failed, labels, stats, time.time() - t0)
+        bar.close()
+        m = _write_manifest(cache, table, records, size)
+        mean, std = _train_stats(m) if len(m) else (0.0, 1.0)
+        stats = dict(version=CACHE_VERSION, size=size, mean=mean, std=std, images=len(m), positives=int(m.Target.sum()),
+                     counts=m.split.value_counts().to_dict(), folds=folds, split=split, val_frac=val_frac, test_frac=test_frac, seed=seed)
+        atomic_write(cache/'stats.json', json.dumps(stats, indent=2))
+        atomic_write(cache/'report.json', json.dumps(dict(labels=labels, failed=failed), indent=2))
+    return PreprocessResult(cache, len(m), cached_now, reused, failed, labels, stats, time.time() - t0)
 
 # %% ../nbs/02_preprocessing.ipynb #b6516c8f
 def export_folder(cache, # a cache folder written by `preprocess`

@@ -21,15 +21,16 @@ from fastcore.basics import patch
 __all__ = ['cpu_transforms', 'load_images', 'CacheDataset', 'GpuNormalize', 'gpu_augment', 'DeviceBatchLoader',
            'PneumoniaDataModule', 'folder_dataset']
 
-# %% ../nbs/03_dataset.ipynb #6a0626f7
+# %% ../nbs/03_dataset.ipynb #f3a7f0c3
 from .config import AugmentConfig, normalise
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.datasets import DatasetFolder
 from torchvision.transforms import v2, InterpolationMode
+from .preprocessing import load_manifest, load_stats
+
+# %% ../nbs/03_dataset.ipynb #6a0626f7
 with warnings.catch_warnings():  # in a notebook without ipywidgets tqdm.auto warns, then uses text bars
     warnings.simplefilter('ignore'); from tqdm.auto import tqdm
-
-from .preprocessing import load_manifest, load_stats
 
 # %% ../nbs/03_dataset.ipynb #a768adc8
 _INTERP = {'nearest': InterpolationMode.NEAREST, 'bilinear': InterpolationMode.BILINEAR}

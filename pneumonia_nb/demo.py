@@ -5,10 +5,9 @@
 # %% auto #0
 __all__ = ['write_dicom', 'synthetic_chest', 'random_boxes', 'make_demo_dataset']
 
-# %% ../nbs/01_demo.ipynb #ca523c81
+# %% ../nbs/01_demo.ipynb #e278608f
 import csv, io, json, math, os, tempfile, uuid, warnings
 from pathlib import Path
-
 import cv2
 import numpy as np
 from PIL import Image
@@ -19,6 +18,8 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import (ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit,
                          RLELossless, SecondaryCaptureImageStorage, generate_uid)
 from pydicom.valuerep import DSfloat
+
+# %% ../nbs/01_demo.ipynb #ca523c81
 with warnings.catch_warnings():  # in a notebook without ipywidgets tqdm.auto warns, then uses text bars
     warnings.simplefilter('ignore'); from tqdm.auto import tqdm
 

@@ -225,9 +225,9 @@ def _evaluate(args, cfg:RunConfig):
     _evaluate_from(args, loaded, cache, args.out, cfg, split, method)
 
 def _predict(args, cfg:RunConfig):
-    from pneumonia_nb.inference import predict_files
     if args.batch_size < 1: raise ConfigError('--batch_size', f'must be at least 1, not {args.batch_size}')
-    if not Path(args.ckpt).is_file(): raise PneumoniaError(args.ckpt, 'no such checkpoint file')
+    if not Path(args.ckpt).is_file(): raise PneumoniaError(args.ckpt, 'no such checkpoint file')   # before torch is imported
+    from pneumonia_nb.inference import predict_files
     res = predict_files(args.ckpt, args.paths, out=args.out, batch_size=args.batch_size, device=args.device,
                         workers=args.workers, progress=_progress(args), trusted=args.trust_checkpoint)
     print(res.summary())
@@ -311,6 +311,12 @@ def _print_config(cfg:RunConfig, groups:list):
 
 _USER_ERRORS = (PneumoniaError, FileNotFoundError, NotADirectoryError, FileExistsError, PermissionError, ValueError)
 
+def _one_line_warnings(command:str):
+    "Warnings as one line each, `pneumonia_nb COMMAND: warning: ...`, without Python's file and source line."
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f'pneumonia_nb {command}: warning: {message}', file=file or sys.stderr)
+    warnings.showwarning = show
+
 def main(argv:list|None=None, # arguments (default: sys.argv[1:])
         )->int:
     "Run `pneumonia_nb` with `argv`; returns the exit status."
@@ -323,6 +329,7 @@ def main(argv:list|None=None, # arguments (default: sys.argv[1:])
         return 2
     command, rest = argv[0], argv[1:] + quiet
     make, handler, groups, _ = _COMMANDS[command]
+    _one_line_warnings(command)
     try:
         cfg = _base_config(command, rest)
         p = _with_defaults(make(), groups, cfg)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_config.ipynb #0b77cd7e
 from __future__ import annotations
-import base64, dataclasses, datetime, hashlib, math, os, tempfile, types
+import base64, dataclasses, datetime, hashlib, math, os, sys, tempfile, types, warnings
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 from typing import Literal, Union, get_args, get_origin, get_type_hints
@@ -12,14 +12,18 @@ from typing import Literal, Union, get_args, get_origin, get_type_hints
 # %% auto #0
 __all__ = ['Backbone', 'Split', 'Optimizer', 'Scheduler', 'Loss', 'ThresholdMethod', 'ExportFormat', 'BACKBONES', 'SPLITS',
            'OPTIMIZERS', 'SCHEDULERS', 'LOSSES', 'THRESHOLD_METHODS', 'EXPORT_FORMATS', 'RECIPES', 'PneumoniaError',
-           'ConfigError', 'CheckpointError', 'atomic_write', 'resolve_device', 'normalise', 'DemoConfig',
-           'PreprocessConfig', 'ModelConfig', 'OptimConfig', 'AugmentConfig', 'HardwareConfig', 'FitConfig',
-           'EvaluateConfig', 'RunConfig', 'recipe', 'config_from_dict', 'save_config', 'load_config', 'encode_patients',
-           'patients_in', 'ThresholdRecord', 'Contract', 'write_contract', 'read_contract']
+           'ConfigError', 'CheckpointError', 'atomic_write', 'resolve_device', 'normalise', 'progress_bar',
+           'DemoConfig', 'PreprocessConfig', 'ModelConfig', 'OptimConfig', 'AugmentConfig', 'HardwareConfig',
+           'FitConfig', 'EvaluateConfig', 'RunConfig', 'recipe', 'config_from_dict', 'save_config', 'load_config',
+           'encode_patients', 'patients_in', 'ThresholdRecord', 'Contract', 'write_contract', 'read_contract']
 
 # %% ../nbs/00_config.ipynb #0086be49
 import numpy as np
 import yaml
+
+# %% ../nbs/00_config.ipynb #7f280dda
+with warnings.catch_warnings():   # tqdm.auto warns in a notebook without ipywidgets, then uses text bars
+    warnings.simplefilter('ignore'); from tqdm.auto import tqdm as _tqdm
 
 # %% ../nbs/00_config.ipynb #8607eb00
 class PneumoniaError(ValueError):
@@ -76,6 +80,26 @@ def normalise(images, # uint8 pixel values: a torch tensor or a numpy array
     "Float32 `(images/255 - mean)/std`."
     x = images.float() if hasattr(images, 'float') else np.asarray(images, dtype=np.float32)
     return (x - 255 * mean) / (255 * std)
+
+# %% ../nbs/00_config.ipynb #3cdfb9f1
+def _interactive(stream)->bool: return stream.isatty() or 'ipykernel' in sys.modules
+
+class _Lines:
+    "A stream for tqdm outside a terminal: each refresh becomes a line of its own."
+    def __init__(self, stream): self.stream = stream
+    def write(self, s:str):
+        s = s.replace('\x1b[A', '').replace('\r', '').rstrip()
+        if s: self.stream.write(s + '\n')
+    def flush(self): self.stream.flush()
+
+def progress_bar(iterable=None, # what to iterate over (or None, then `update` it)
+                 stream=None, # where to write (default: standard error)
+                 **kwargs, # tqdm's options: desc, total, unit, disable, ...
+                ):
+    "A tqdm bar in a terminal or notebook; elsewhere a line every ten seconds."
+    stream = stream or sys.stderr
+    if not _interactive(stream): kwargs = dict(kwargs, file=_Lines(stream), mininterval=10, ascii=True, ncols=100)
+    return _tqdm(iterable, **kwargs)
 
 # %% ../nbs/00_config.ipynb #d0f51c8b
 Backbone = Literal['resnet18', 'resnet34', 'resnet50', 'densenet121', 'efficientnet_b0']

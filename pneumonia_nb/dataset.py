@@ -29,8 +29,7 @@ from torchvision.transforms import v2, InterpolationMode
 from .preprocessing import load_manifest, load_stats
 
 # %% ../nbs/03_dataset.ipynb #6a0626f7
-with warnings.catch_warnings():  # in a notebook without ipywidgets tqdm.auto warns, then uses text bars
-    warnings.simplefilter('ignore'); from tqdm.auto import tqdm
+from .config import progress_bar
 
 # %% ../nbs/03_dataset.ipynb #a768adc8
 _INTERP = {'nearest': InterpolationMode.NEAREST, 'bilinear': InterpolationMode.BILINEAR}
@@ -71,7 +70,7 @@ def load_images(manifest:pd.DataFrame, # rows with a `path` column (absolute, as
     first = np.load(paths[0])
     out = np.empty((len(paths), *first.shape), np.uint8)
     # one thread: reading a small .npy is ~30 µs, and numpy's header parser is not thread-safe on every Python 3.11
-    for i, p in enumerate(tqdm(paths, desc='load images', disable=not progress)):
+    for i, p in enumerate(progress_bar(paths, desc='load images', disable=not progress)):
         a = np.load(p)
         if a.shape != first.shape: raise ValueError(f'{p}: shape {a.shape}, expected {first.shape} like the others')
         out[i] = a

@@ -20,8 +20,7 @@ from pydicom.uid import (ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG200
 from pydicom.valuerep import DSfloat
 
 # %% ../nbs/01_demo.ipynb #ca523c81
-with warnings.catch_warnings():  # in a notebook without ipywidgets tqdm.auto warns, then uses text bars
-    warnings.simplefilter('ignore'); from tqdm.auto import tqdm
+from .config import progress_bar
 
 # %% ../nbs/01_demo.ipynb #e1303d37
 def _atomic_write(path, # where the file must end up
@@ -339,7 +338,7 @@ def make_demo_dataset(dest, # folder to write into (created if needed)
         (dest/'demo.json').unlink()
     for f in [*img_dir.glob('.*.dcm.*.tmp'), *dest.glob('.*.tmp')]: f.unlink(missing_ok=True)  # left by a crash
     all_boxes = []
-    for p in tqdm(patients, desc='demo dataset', unit='img', disable=not progress):
+    for p in progress_bar(patients, desc='demo dataset', unit='img', disable=not progress):
         boxes = random_boxes(p['rng'], image_size) if p['target'] else []
         px = synthetic_chest(np.random.default_rng(p['pix_seed']), image_size, boxes)
         write_dicom(img_dir/f"{p['patient_id']}.dcm", px, transfer_syntax='jpeg', patient_id=p['patient_id'],

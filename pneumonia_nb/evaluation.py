@@ -28,8 +28,7 @@ __all__ = ['METRICS', 'THRESHOLD_METHODS', 'AGE_BANDS', 'confusion', 'threshold_
            'EvaluationResult', 'evaluate']
 
 # %% ../nbs/06_evaluation.ipynb #8a1ad1f8
-with warnings.catch_warnings():  # in a notebook without ipywidgets tqdm.auto warns, then uses text bars
-    warnings.simplefilter('ignore'); from tqdm.auto import tqdm
+from .config import progress_bar
 
 # %% ../nbs/06_evaluation.ipynb #f11573df
 def _as_arrays(y, p)->tuple:
@@ -119,8 +118,23 @@ def metric_table(y, # 0/1 labels
             ci = bootstrap((y, p), stat, paired=True, vectorized=False, n_resamples=n_resamples, method='percentile',
                            confidence_level=confidence, random_state=np.random.default_rng(seed)).confidence_interval
         t['low'], t['high'] = ci.low, ci.high
+    t['note'] = [_why_no_interval(r, n_resamples, y) for r in t.itertuples()]
     t.index.name = 'metric'
     return t
+
+def _why_no_interval(r, n_resamples:int, y:np.ndarray)->str:
+    "Why a metric has no value or no interval ('' when it has both)."
+    if math.isnan(r.value): return 'undefined here: no patients (or no predictions) of the class it divides by'
+    if not n_resamples: return 'no interval: no bootstrap asked for'
+    if math.isnan(r.low) or math.isnan(r.high):
+        return f'no interval: some resamples of these {len(y)} patients ({int(y.sum())} positive) lack a class it needs'
+    return ''
+
+def _ci_text(r)->str:
+    "A metric as 'value (low–high)', or with the reason it has no interval."
+    if math.isnan(r.value): return 'n/a (' + r.note.split(': ', 1)[-1] + ')'
+    if r.note: return f'{r.value:.3f} ({r.note})'
+    return f'{r.value:.3f} ({r.low:.3f}–{r.high:.3f})'
 
 # %% ../nbs/06_evaluation.ipynb #788a380b
 THRESHOLD_METHODS = ('sensitivity', 'youden', 'f1', 'fixed')
@@ -181,7 +195,7 @@ def predict_images(model, # a `PneumoniaClassifier` in eval mode
                    progress:bool=False)->np.ndarray:
     "Probabilities for uint8 images, normalised with the contract's mean and std."
     out = [torch.sigmoid(model(_normalised(images[i:i + batch_size], model, contract)).float()).cpu()
-           for i in tqdm(range(0, len(images), batch_size), desc='predict', disable=not progress)]
+           for i in progress_bar(range(0, len(images), batch_size), desc='predict', disable=not progress)]
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
 def predict_split(checkpoint, # a checkpoint written by `train`, or a loaded `(model, contract)`
@@ -244,8 +258,8 @@ def plot_curves(y, p, threshold:float)->plt.Figure:
         if not math.isnan(m['precision']): _mark(b, m['recall'], m['precision'], lab, st)
     a.set(xlabel='1 − specificity (false positive rate)', ylabel='sensitivity (true positive rate)', title='ROC curve')
     b.set(xlabel='recall (sensitivity)', ylabel='precision (PPV)', title='Precision–recall curve', ylim=(0, 1.02))
-    for ax in (a, b): ax.legend(loc='lower right' if ax is a else 'upper right', fontsize=8); ax.grid(alpha=.3)
-    fig.tight_layout(); return fig
+    for ax in (a, b): ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=8, frameon=False); ax.grid(alpha=.3)
+    fig.tight_layout(); return fig   # the legends sit below the axes, clear of the curves and the marks
 
 def plot_reliability(y, p, bins:int=10)->plt.Figure:
     "Reliability diagram: observed frequency against mean probability per bin, with the bins' counts below."
@@ -278,7 +292,8 @@ def plot_scores(y, p, threshold:float)->plt.Figure:
     ax.hist(p[y == 0], bins, alpha=.6, label=f'no pneumonia (n={int((y == 0).sum())})', density=True)
     ax.hist(p[y == 1], bins, alpha=.6, label=f'pneumonia (n={int(y.sum())})', density=True)
     ax.axvline(threshold, c='k', ls='--', label=f'operating threshold {threshold:.3f}')
-    ax.set(xlabel='predicted probability', ylabel='density', title='Scores by class'); ax.legend(fontsize=8)
+    ax.set(xlabel='predicted probability', ylabel='density', title='Scores by class')
+    ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=8, frameon=False)
     fig.tight_layout(); return fig
 
 # %% ../nbs/06_evaluation.ipynb #a1a7cf76
@@ -422,7 +437,7 @@ def _save_fig(fig:plt.Figure, path:Path):
 
 def _cams(model, images:np.ndarray, contract:dict, batch_size:int=32, progress:bool=False)->np.ndarray:
     out = [grad_cam(model, _normalised(images[i:i + batch_size], model, contract))
-           for i in tqdm(range(0, len(images), batch_size), desc='grad-cam', disable=not progress)]
+           for i in progress_bar(range(0, len(images), batch_size), desc='grad-cam', disable=not progress)]
     return np.concatenate(out) if out else np.zeros((0, *images.shape[1:]), np.float32)
 
 @dataclass
@@ -439,15 +454,14 @@ class EvaluationResult:
     note: str|None = None # how to read the numbers, when they are not a plain held-out report
     def summary(self)->str:
         n, pos = len(self.predictions), int(self.predictions.Target.sum())
-        ci = lambda r: f'{r.value:.3f} ({r.low:.3f}–{r.high:.3f})'
-        rows = [f'  {k:18} {ci(self.metrics.loc[k])}' for k in self.metrics.index]
+        rows = [f'  {k:18} {_ci_text(r)}' for k, r in zip(self.metrics.index, self.metrics.itertuples())]
         s = ([f'NOTE: {self.note}'] if self.note else []) + [f"{'validation' if self.split == 'original' else self.split} split: {n} patients, {pos} with pneumonia",
              f"operating threshold {self.threshold['value']:.4f} ({self.threshold['method']}"
              + (f" {self.threshold['target']}" if self.threshold.get('target') is not None else '') + f", chosen on {self.threshold['split']})",
              'metrics at the operating threshold (95% bootstrap CI):', *rows]
         if self.localization is not None and len(self.localization):
             g = self.localization.set_index('map')
-            s.append('pointing game on the positives: ' + ', '.join(f'{k} {g.loc[k, "pointing_game"]:.2f}' for k in g.index if not math.isnan(g.loc[k, 'pointing_game'])))
+            s.append('pointing game (share of positives whose map peaks in a box; beat the priors to count): ' + ', '.join(f'{k} {g.loc[k, "pointing_game"]:.2f}' for k in g.index if not math.isnan(g.loc[k, 'pointing_game'])))
         s.append(f'report       {self.out/"report.md"}')
         return '\n'.join(s)
 
@@ -509,7 +523,7 @@ def evaluate(checkpoint, # a checkpoint written by `train`, or a loaded `(model,
     out.mkdir(parents=True, exist_ok=True)
     figs = {'curves.png': plot_curves(y, p, thr), 'reliability.png': plot_reliability(y, p),
             'confusion.png': plot_confusion(y, p, thr), 'scores.png': plot_scores(y, p, thr)}
-    loc = None
+    loc, gallery_counts = None, None
     pos = np.flatnonzero((y == 1) & np.array([len(b) > 0 for b in pred.boxes]))
     if cam and len(pos):
         maps = _cams(model, images[pos], contract, progress=progress)
@@ -519,6 +533,8 @@ def evaluate(checkpoint, # a checkpoint written by `train`, or a loaded `(model,
         if len(train_pos) and split not in ('all', 'original'): scores['box prior (training boxes)'] = localization_scores(box_prior(train_pos.boxes, size), boxes)
         loc = localization_summary(scores, n_resamples)
         picks = _gallery_picks(pred, thr, gallery)
+        gallery_counts = {k: sum(kind == short for kind, _ in picks) for k, short in
+                          (('true positives', 'TP'), ('false positives', 'FP'), ('false negatives', 'FN'))}
         if picks:
             idx = [i for _, i in picks]
             gmaps = _cams(model, images[idx], contract)
@@ -534,7 +550,7 @@ def evaluate(checkpoint, # a checkpoint written by `train`, or a loaded `(model,
                   cache=os.path.relpath(cache.resolve(), out.resolve()), split=split, n=len(pred), seen=seen, note=note,
                   positives=int(y.sum()), threshold=thr_info, confusion=confusion(y, p, thr), n_resamples=n_resamples, confidence=0.95,
                   metrics=mt.to_dict('index'), metrics_at_0_5=mh.to_dict('index'), subgroups=sub.to_dict('records'),
-                  localization=None if loc is None else loc.to_dict('records'), date=datetime.datetime.now().isoformat(timespec='seconds'),
+                  localization=None if loc is None else loc.to_dict('records'), gallery=gallery_counts, date=datetime.datetime.now().isoformat(timespec='seconds'),
                   files=sorted(figs) + ['predictions.csv', 'report.md'])
     atomic_write(out/'metrics.json', json.dumps(_jsonable(record), indent=2))
     atomic_write(out/'report.md', _report(res, record))
@@ -552,10 +568,10 @@ _NAMES = dict(auroc='AUROC', average_precision='average precision', accuracy='ac
               brier='Brier score', ece='expected calibration error')
 
 def _report(res:EvaluationResult, rec:dict)->str:
-    t = res.threshold; ci = lambda r: f'{_fmt(r.value)} ({_fmt(r.low)}–{_fmt(r.high)})'
+    t = res.threshold
     mt = pd.DataFrame({'metric': [_NAMES[k] for k in res.metrics.index],
-                       f"at the operating threshold {t['value']:.3f}": [ci(r) for r in res.metrics.itertuples()],
-                       'at 0.5': [ci(r) for r in res.metrics_at_half.itertuples()]})
+                       f"at the operating threshold {t['value']:.3f}": [_ci_text(r) for r in res.metrics.itertuples()],
+                       'at 0.5': [_ci_text(r) for r in res.metrics_at_half.itertuples()]})
     chosen = (f"chosen on the {t['split']} split ({t.get('n', '?')} patients, {t.get('positives', '?')} positive) by "
               f"**{t['method']}**" + (f" (target {t['target']})" if t.get('target') is not None else '')
               if t['method'] != 'fixed' else 'fixed')
@@ -573,7 +589,14 @@ def _report(res:EvaluationResult, rec:dict)->str:
         lines += ['## Where the model looks', '',
                   'Grad-CAM (evidence for pneumonia) on the positives with boxes, against maps that ignore the image: a centre prior, '
                   'the average training box, and the uniform map (its energy inside is the boxes\' share of the image).', '',
-                  _md_table(res.localization.rename(columns=dict(pointing_game='pointing game', energy_inside='energy inside'))), '']
+                  _md_table(res.localization.rename(columns=dict(pointing_game='pointing game', energy_inside='energy inside'))), '',
+                  'How to read it: the *pointing game* is the share of these images whose map peaks inside a box; *energy inside* is '
+                  "the share of the map's mass that falls inside the boxes; `pg_low`–`pg_high` and `energy_low`–`energy_high` are 95% "
+                  'bootstrap intervals. Higher is better, but only the gap to the priors, which never look at the image, says that the '
+                  'model looks where the opacity is; the uniform map\'s energy is what chance gives.', '']
+        g = rec.get('gallery') or {}
         if (res.out/'cam_gallery.png').exists():
             lines += ['![Grad-CAM gallery: true positives, false positives, false negatives](cam_gallery.png)', '']
+        missing = [k for k, n in g.items() if not n]
+        if missing: lines += [f"The gallery has no {' and no '.join(missing)}: there are none at this threshold.", '']
     return '\n'.join(lines)

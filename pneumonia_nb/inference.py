@@ -24,8 +24,7 @@ __all__ = ['IMAGE_SUFFIXES', 'PREDICTION_COLUMNS', 'EXPORT_FORMATS', 'ImageError
            'PredictionResult', 'predict_files', 'ExportedClassifier', 'ExportResult', 'export_model']
 
 # %% ../nbs/07_inference.ipynb #1f788cef
-with warnings.catch_warnings():  # in a notebook without ipywidgets tqdm.auto warns, then uses text bars
-    warnings.simplefilter('ignore'); from tqdm.auto import tqdm
+from .config import progress_bar
 
 # %% ../nbs/07_inference.ipynb #58de0346
 IMAGE_SUFFIXES = ('.dcm', '.dicom', '.png', '.jpg', '.jpeg')
@@ -191,7 +190,7 @@ def predict_files(checkpoint, # a checkpoint written by `train`: its contract gi
     loader = DataLoader(_ImageFiles(files, contract.size), batch_size=batch_size, num_workers=workers,
                         collate_fn=_collate, pin_memory=dev.type == 'cuda')
     probs, pids, failed = {}, {}, {}
-    with torch.inference_mode(), tqdm(total=len(files), desc='predict', unit='img', disable=not progress) as bar:
+    with torch.inference_mode(), progress_bar(total=len(files), desc='predict', unit='img', disable=not progress) as bar:
         for b in loader:
             failed.update(b['failed'])
             if b['x'] is not None:

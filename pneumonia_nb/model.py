@@ -4,8 +4,8 @@
 
 # %% ../nbs/04_model.ipynb #7b883a98
 from __future__ import annotations
-import math, os, pickle, re, socket, warnings, zipfile
-from contextlib import contextmanager
+import io, math, os, pickle, re, socket, warnings, zipfile
+from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -76,7 +76,7 @@ def _socket_timeout(seconds:float):
 
 def _imagenet_model(name:str) -> nn.Module:
     "Standard torchvision `name` with ImageNet weights, from the hub cache or downloaded into it"
-    with _socket_timeout(_DOWNLOAD_TIMEOUT):
+    with _socket_timeout(_DOWNLOAD_TIMEOUT), redirect_stderr(io.StringIO()):   # torch.hub's own "Downloading:" line: the outcome is reported instead
         return torchvision.models.get_model(name, weights=_default_weights(name), progress=False)
 
 # %% ../nbs/04_model.ipynb #976fa491
@@ -117,9 +117,8 @@ def _pretrained_mode(pretrained) -> str:
 
 def _missing_weights_help(name:str) -> str:
     f = _cache_file(name)
-    return (f"To use them, download {_default_weights(name).url} on a machine with internet and put it in "
-            f"{f.parent}/ (torch.hub.get_dir()/checkpoints; set TORCH_HOME to use another cache), "
-            f"or pass --weights PATH (weights_path=PATH) pointing at that file.")
+    return (f"To use them, put {f.name} (from {_default_weights(name).url}) in {f.parent}/ "
+            f"or pass --model.weights PATH.")
 
 def build_backbone(name:str='resnet18', # one of `BACKBONES`
                    pretrained:str|bool='auto', # 'auto', 'imagenet' or 'none' (True/False mean 'imagenet'/'none')
@@ -141,9 +140,8 @@ def build_backbone(name:str='resnet18', # one of `BACKBONES`
                 raise RuntimeError(f"pretrained='imagenet' but the ImageNet weights of {name} could not be loaded "
                                    f"({reason}). Expected the file {_cache_file(name)}. "
                                    + _missing_weights_help(name)) from None
-            warnings.warn(f"\n{'!'*80}\nImageNet weights of {name} are not available ({reason}).\n"
-                          f"The model starts from RANDOM weights. {_missing_weights_help(name)} "
-                          f"Pass pretrained='none' to train from scratch on purpose and silence this warning.\n{'!'*80}",
+            warnings.warn(f"ImageNet weights of {name} are not available ({reason.split(':')[0]}): the model starts from RANDOM "
+                          f"weights. {_missing_weights_help(name)} --model.pretrained none trains from scratch without this warning.",
                           UserWarning, stacklevel=2)
     if model is None: model = torchvision.models.get_model(name, weights=None)
     model = _replace_head(_adapt_first_conv(model, in_chans), 1)

@@ -28,8 +28,7 @@ __all__ = ['DECODERS_EXTRA', 'MAX_PIXELS', 'LABELS_CSV', 'CLASSES_CSV', 'IMAGES_
            'CacheError', 'preprocess', 'export_folder']
 
 # %% ../nbs/02_preprocessing.ipynb #708d0a8a
-with warnings.catch_warnings():  # in a notebook without ipywidgets tqdm.auto warns, then uses text bars
-    warnings.simplefilter('ignore'); from tqdm.auto import tqdm
+from .config import progress_bar
 
 # %% ../nbs/02_preprocessing.ipynb #ddfbb976
 class DicomError(ValueError):
@@ -788,7 +787,7 @@ def preprocess(data_dir, # challenge layout: stage_2_train_labels.csv, stage_2_t
             if _is_current(prev.get(pid), Path(src), dst, size): _keep(prev[pid])
             else: jobs.append((pid, src, dst, size, fast))
         reused, cached_now = len(records), 0
-        bar = tqdm(total=len(jobs), desc='preprocess', unit='img', disable=not progress or not jobs, smoothing=0.05)
+        bar = progress_bar(total=len(jobs), desc='preprocess', unit='img', disable=not progress or not jobs, smoothing=0.05)
         chunk = max(1, min(64, len(jobs) // (workers * 8)))
         results = pool.imap_unordered(_cache_one, jobs, chunksize=chunk) if pool and len(jobs) >= 2 * workers else map(_cache_one, jobs)
         for i, r in enumerate(results, 1):
@@ -811,6 +810,6 @@ def export_folder(cache, # a cache folder written by `preprocess`
                   progress:bool=True)->Path:
     "Write the cache in the original example's DatasetFolder layout (float16, values / 255)."
     m, dest = load_manifest(cache), Path(dest)
-    for row in tqdm(m.itertuples(), total=len(m), desc='export', disable=not progress):
+    for row in progress_bar(m.itertuples(), total=len(m), desc='export', disable=not progress):
         _save_npy(dest/row.split/str(row.Target)/f'{row.patientId}.npy', (np.load(row.path) / 255).astype(np.float16))
     return dest

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_training.ipynb #8a7efaf5
 from __future__ import annotations
-import dataclasses, datetime, json, logging, time, warnings
+import dataclasses, datetime, json, logging, sys, time, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import torch
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, ProgressBar, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision, binary_precision_at_fixed_recall
 from torchvision.utils import make_grid
 
-from .config import (Contract, PneumoniaError, RunConfig, ThresholdRecord, atomic_write, encode_patients,
+from .config import (Contract, PneumoniaError, RunConfig, ThresholdRecord, _interactive, atomic_write, encode_patients,
                                  resolve_device, save_config)
 from .preprocessing import load_manifest, load_stats
 from .dataset import PneumoniaDataModule, load_images
@@ -77,11 +77,10 @@ _LIGHTNING_NOTES = ('.*does not have many workers.*', '.*Checkpoint directory .*
                     '.*is smaller than the logging interval.*', '.*LeafSpec.*is deprecated.*', '.*litlogger.*')
 
 @contextmanager
-def _quiet_lightning(quiet:bool=True):
-    "Lightning's informational messages and routine notes off (when `quiet`)."
+def _quiet_lightning():
+    "Lightning's informational messages and routine notes off; its warnings that matter stay."
     with warnings.catch_warnings():
         for msg in _LIGHTNING_NOTES: warnings.filterwarnings('ignore', message=msg)
-        if not quiet: yield; return
         loggers = [logging.getLogger(n) for n in _LIGHTNING_LOGGERS]
         levels = [l.level for l in loggers]
         for l in loggers: l.setLevel(logging.WARNING)
@@ -89,8 +88,41 @@ def _quiet_lightning(quiet:bool=True):
         finally:
             for l, v in zip(loggers, levels): l.setLevel(v)
 
+# %% ../nbs/05_training.ipynb #4e035acb
+class _EpochBar(TQDMProgressBar):
+    "Lightning's bar for the training epochs only: no bars for the sanity check and the validation passes."
+    def init_sanity_tqdm(self): return self._off(super().init_sanity_tqdm())
+    def init_validation_tqdm(self): return self._off(super().init_validation_tqdm())
+    @staticmethod
+    def _off(bar): bar.disable = True; return bar
+
+class _LineProgress(ProgressBar):
+    "Progress as plain lines, for logs: one every `every` seconds within an epoch, and one at each epoch's end."
+    def __init__(self, every:float=10.0, stream=None):
+        super().__init__(); self.every, self.stream, self._enabled = every, stream, True
+    def disable(self): self._enabled = False
+    def enable(self): self._enabled = True
+    def _print(self, msg:str):
+        if self._enabled: print(msg, file=self.stream or sys.stderr, flush=True)
+    def on_train_epoch_start(self, trainer, pl_module): self._t0 = self._last = time.time()
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if time.time() - self._last >= self.every:
+            self._last = time.time(); loss = trainer.callback_metrics.get('train/loss')
+            self._print(f'epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  step {batch_idx + 1}/{self.total_train_batches}'
+                        + (f'  loss {float(loss):.4f}' if loss is not None else ''))
+    def on_train_epoch_end(self, trainer, pl_module):   # after the epoch's validation: both losses and the AUROC are known
+        m = trainer.callback_metrics
+        parts = [f'{name} {float(m[k]):.4f}' for k, name in (('train/loss_epoch', 'train loss'), ('val/loss', 'val loss'), ('val/auroc', 'val AUROC')) if k in m]
+        self._print(f'epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  ' + '  '.join(parts) + f'  ({time.time() - self._t0:.0f} s)')
+
+def _progress_callback(rows:int, batch_size:int):
+    "The progress display for this output: a bar where a person watches, lines where a log is written."
+    if _interactive(sys.stderr): return _EpochBar(refresh_rate=max(1, rows // batch_size // 20))
+    return _LineProgress()
+
 # %% ../nbs/05_training.ipynb #c8d0d952
 _SHOWN = ('recall', 'specificity', 'precision', 'accuracy', 'f1')
+def _num(v:float)->str: return 'n/a' if v != v else f'{v:.4f}'   # n/a: e.g. precision with no positive predictions
 
 @dataclass
 class TrainResult:
@@ -111,7 +143,7 @@ class TrainResult:
         lines = [f"validation split, best checkpoint: AUROC {m.get('val/auroc', float('nan')):.4f}, AP {m.get('val/ap', float('nan')):.4f}"]
         if t is not None:
             lines.append(f'  {"":12} {"at the operating threshold " + format(t.value, ".3f"):>32} {"at 0.5":>8}')
-            lines += [f'  {k:12} {self.at_threshold[k]:>32.4f} {self.at_half[k]:>8.4f}' for k in _SHOWN]
+            lines += [f'  {k:12} {_num(self.at_threshold[k]):>32} {_num(self.at_half[k]):>8}' for k in _SHOWN]
             lines.append(f'operating threshold {t.value:.4f} ({t.method}' + (f' {t.target}' if t.target is not None else '')
                          + f', chosen on the validation split, {t.n} patients), stored in the checkpoint')
         else: lines.append('no operating threshold stored: the validation split has patients of one class only')
@@ -185,9 +217,9 @@ def train(cache, # cache folder written by `preprocess`
     callbacks = [best_cb, last_cb, LearningRateMonitor('step'), _StopOnNonFinite()]
     if log_images: callbacks.append(AugmentedImages())
     if o.early_stopping: callbacks.append(EarlyStopping('val/auroc', mode='max', patience=o.early_stopping))
-    if progress: callbacks.append(TQDMProgressBar(refresh_rate=max(1, len(dm.train_rows) // o.batch_size // 20)))
+    if progress: callbacks.append(_progress_callback(len(dm.train_rows), o.batch_size))
     logger = TensorBoardLogger(out, name='logs', default_hp_metric=False)
-    with _quiet_lightning(not progress):
+    with _quiet_lightning():
         trainer = pl.Trainer(max_epochs=o.epochs, accelerator=h.accelerator, devices=h.devices, num_nodes=h.num_nodes, strategy=h.strategy,
                              precision=resolve_precision(h.precision, h.accelerator), callbacks=callbacks, logger=logger,
                              deterministic=cfg.fit.deterministic, enable_progress_bar=progress, enable_model_summary=False,
@@ -212,7 +244,7 @@ def train(cache, # cache folder written by `preprocess`
             save_classifier(model, best, extra={k: meta[k] for k in ('epoch', 'global_step') if k in meta})
         atomic_write(out/'metrics.json', json.dumps(dict(metrics=metrics, at_threshold=at, at_0_5=half, best_checkpoint='checkpoints/best.ckpt' if best else None,
                                                          threshold=None if thr is None else dataclasses.asdict(thr), fold=cfg.fit.fold), indent=2))
-    return TrainResult(out, Path(best) if best else None, last_path if last_path.exists() else None, Path(logger.log_dir), metrics,
+    return TrainResult(out, out/'checkpoints'/'best.ckpt' if best else None, last_path if last_path.exists() else None, Path(logger.log_dir), metrics,
                        cfg, thr, at, half, time.time() - t0, trainer.is_global_zero)
 
 # %% ../nbs/05_training.ipynb #61258f53

@@ -20,25 +20,7 @@ from pydicom.uid import (ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG200
 from pydicom.valuerep import DSfloat
 
 # %% ../nbs/01_demo.ipynb #ca523c81
-from .config import progress_bar
-
-# %% ../nbs/01_demo.ipynb #e1303d37
-def _atomic_write(path, # where the file must end up
-                  write, # `write(tmp_path)` writes the content to a temporary path
-                 ) -> Path:
-    "Write a file through `write` to a temporary name next to `path`, then move it into place"
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+from .config import atomic_write, progress_bar
 
 # %% ../nbs/01_demo.ipynb #606b6f79
 _SYNTAXES = dict(jpeg=JPEGBaseline8Bit, explicit=ExplicitVRLittleEndian, implicit=ImplicitVRLittleEndian,
@@ -120,7 +102,7 @@ def write_dicom(path, # where to write the file (parent folders are created)
         ds.compress(JPEG2000Lossless, encoding_plugin='pylibjpeg', generate_instance_uid=False)
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    return _atomic_write(path, lambda tmp: ds.save_as(tmp, enforce_file_format=True))
+    return atomic_write(path, write=lambda tmp: ds.save_as(tmp, enforce_file_format=True))
 
 # %% ../nbs/01_demo.ipynb #c889883d
 _LUNG = np.array([(0.40, 0.0), (0.70, 0.05), (0.88, 0.22), (0.97, 0.5), (1.02, 0.85), (1.0, 1.0), (0.8, 0.86),
@@ -300,7 +282,7 @@ def _write_csvs(dest:Path, patients:list, boxes:list):
     for name, rows in (('stage_2_train_labels.csv', labels), ('stage_2_detailed_class_info.csv', classes)):
         def write(tmp, rows=rows):
             with open(tmp, 'w', newline='') as f: csv.writer(f, lineterminator='\n').writerows(rows)
-        _atomic_write(dest/name, write)
+        atomic_write(dest/name, write=write)
 
 # %% ../nbs/01_demo.ipynb #ecd7e3d7
 def _demo_params(n, image_size, positive_frac, seed):
@@ -345,5 +327,5 @@ def make_demo_dataset(dest, # folder to write into (created if needed)
                     sex=p['sex'], age=p['age'], view=p['view'], modality='CR', pixel_spacing=p['spacing']*1024/image_size)
         all_boxes.append(boxes)
     _write_csvs(dest, patients, all_boxes)
-    _atomic_write(dest/'demo.json', lambda tmp: Path(tmp).write_text(json.dumps(params, indent=1)))
+    atomic_write(dest/'demo.json', write=lambda tmp: Path(tmp).write_text(json.dumps(params, indent=1)))
     return dest

@@ -431,9 +431,8 @@ def _jsonable(v):
     return v
 
 def _save_fig(fig:plt.Figure, path:Path):
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try: fig.savefig(tmp, format='png', dpi=110); os.replace(tmp, path)
-    finally: tmp.unlink(missing_ok=True); plt.close(fig)
+    try: atomic_write(path, write=lambda tmp: fig.savefig(tmp, format='png', dpi=110))
+    finally: plt.close(fig)
 
 def _cams(model, images:np.ndarray, contract:dict, batch_size:int=32, progress:bool=False)->np.ndarray:
     out = [grad_cam(model, _normalised(images[i:i + batch_size], model, contract))
@@ -486,7 +485,7 @@ def _check_unseen(contract, rows:pd.DataFrame, split:str, cache, allow_seen:bool
 def evaluate(checkpoint, # a checkpoint written by `train`, or a loaded `(model, contract)`
              cache, # a cache at the checkpoint's size (the training cache, or a separate dataset's)
              out, # folder for metrics.json, predictions.csv, the PNGs and report.md
-             split:str='test', # 'test' (held out), 'all' (a separate dataset), or 'original': the original example's protocol (its validation split at 0.5)
+             split:str|None=None, # 'test' (held out), 'all' (a separate dataset), 'original' (the original example's protocol: its validation split at 0.5); None: 'test', or 'original' when the cache has no test split
              method:str|None=None, # None: the stored threshold; else choose anew on the validation split (see `choose_threshold`)
              target:float=0.835, # target sensitivity, or the threshold of method='fixed'
              n_resamples:int=2000, # bootstrap resamples of the confidence intervals
@@ -501,6 +500,7 @@ def evaluate(checkpoint, # a checkpoint written by `train`, or a loaded `(model,
     model, contract, ckpt_path = _loaded(checkpoint, trusted, device)
     _check_size(cache, contract)
     m = load_manifest(cache)
+    if split is None: split = 'test' if (m.split == 'test').any() else 'original'
     if split == 'original':
         rows = _split_rows(cache, 'val', m)
         thr_info = ThresholdRecord(0.5, 'fixed', 0.5, split='none (fixed)', by='the original protocol')

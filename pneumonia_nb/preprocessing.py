@@ -24,16 +24,16 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 __all__ = ['DECODERS_EXTRA', 'MAX_PIXELS', 'LABELS_CSV', 'CLASSES_CSV', 'IMAGES_DIR', 'SEED_SPLIT_TRAIN', 'CACHE_VERSION',
            'LOCK_NAME', 'DicomError', 'read_header', 'to_uint8', 'resize_image', 'DicomImage', 'read_dicom',
            'fast_path_difference', 'LabelError', 'read_labels', 'label_table', 'check_labels', 'assign_splits',
-           'atomic_write', 'safe_csv_value', 'write_csv', 'PreprocessResult', 'load_manifest', 'load_stats',
-           'CacheError', 'preprocess', 'export_folder']
+           'safe_csv_value', 'write_csv', 'PreprocessResult', 'load_manifest', 'load_stats', 'CacheError', 'preprocess',
+           'export_folder']
 
 # %% ../nbs/02_preprocessing.ipynb #708d0a8a
-from .config import progress_bar
+from .config import PneumoniaError, atomic_write, progress_bar
 
 # %% ../nbs/02_preprocessing.ipynb #ddfbb976
-class DicomError(ValueError):
+class DicomError(PneumoniaError):
     "A DICOM file that cannot be turned into an image; the message names the file and the problem."
-    def __init__(self, path, problem): self.path, self.problem = str(path), problem; super().__init__(f'{path}: {problem}')
+    def __init__(self, path, problem): super().__init__(path, problem); self.path = str(path)
 
 # %% ../nbs/02_preprocessing.ipynb #a0737fab
 DECODERS_EXTRA = 'pip install "pneumonia_nb[decoders]"'
@@ -395,9 +395,9 @@ def fast_path_difference(path, size:int=224)->dict:
 LABELS_CSV, CLASSES_CSV, IMAGES_DIR = 'stage_2_train_labels.csv', 'stage_2_detailed_class_info.csv', 'stage_2_train_images'
 _BOX = ['x', 'y', 'width', 'height']
 
-class LabelError(ValueError):
+class LabelError(PneumoniaError):
     "A label file that cannot be used; the message names the file, the lines and the problem."
-    def __init__(self, path, problem): self.path, self.problem = str(path), problem; super().__init__(f'{path}: {problem}')
+    def __init__(self, path, problem): super().__init__(path, problem); self.path = str(path)
 
 def _lines(mask, n:int=5)->str:
     "File line numbers (the header is line 1) of the rows where `mask` is true: the first n, and how many more."
@@ -551,16 +551,6 @@ def assign_splits(table:pd.DataFrame, # one row per patient (from `label_table`)
 # %% ../nbs/02_preprocessing.ipynb #879fa0ef
 CACHE_VERSION = 1
 
-def atomic_write(path, data:bytes|str):
-    "Write `data` to `path` via a temporary file in the same folder and a rename."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent/f'.{path.name}.{uuid.uuid4().hex[:8]}.tmp'
-    try:
-        with open(tmp, 'wb') as f: f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-
 def _save_npy(path, arr:np.ndarray):
     "np.save, atomically."
     buf = io.BytesIO(); np.save(buf, arr, allow_pickle=False); atomic_write(path, buf.getvalue())
@@ -712,9 +702,9 @@ def _label_plan(data_dir:Path, split, val_frac, test_frac, folds, seed)->tuple:
     table['source'] = [os.path.abspath(image_files[p]) for p in table.patientId]   # links unresolved: errors name the link
     return table, labels
 
-class CacheError(ValueError):
+class CacheError(PneumoniaError):
     "A cache folder that this run must not write to; the message names the folder and the reason."
-    def __init__(self, path, problem): self.path, self.problem = str(path), problem; super().__init__(f'{path}: {problem}')
+    def __init__(self, path, problem): super().__init__(path, problem); self.path = str(path)
 
 LOCK_NAME = '.preprocess.lock'
 

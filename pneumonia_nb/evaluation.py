@@ -125,9 +125,9 @@ def metric_table(y, # 0/1 labels
 def _why_no_interval(r, n_resamples:int, y:np.ndarray)->str:
     "Why a metric has no value or no interval ('' when it has both)."
     if math.isnan(r.value): return 'undefined here: no patients (or no predictions) of the class it divides by'
-    if not n_resamples: return 'no interval: no bootstrap asked for'
+    if not n_resamples: return 'no CI: no bootstrap asked for'
     if math.isnan(r.low) or math.isnan(r.high):
-        return f'no interval: some resamples of these {len(y)} patients ({int(y.sum())} positive) lack a class it needs'
+        return f'no CI: resamples lack a class ({int(y.sum())} of {len(y)} positive)'
     return ''
 
 def _ci_text(r)->str:

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, ProgressBar, TQDMProgressBar
+from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
 from pytorch_lightning.loggers import TensorBoardLogger
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision, binary_precision_at_fixed_recall
 from torchvision.utils import make_grid
@@ -90,11 +91,11 @@ def _quiet_lightning():
 
 # %% ../nbs/05_training.ipynb #4e035acb
 class _EpochBar(TQDMProgressBar):
-    "Lightning's bar for the training epochs only: no bars for the sanity check and the validation passes."
-    def init_sanity_tqdm(self): return self._off(super().init_sanity_tqdm())
-    def init_validation_tqdm(self): return self._off(super().init_validation_tqdm())
-    @staticmethod
-    def _off(bar): bar.disable = True; return bar
+    "Lightning's bar for the training epochs only: none for the sanity check and the validation passes, no `v_num`."
+    def init_sanity_tqdm(self): return Tqdm(disable=True)
+    def init_validation_tqdm(self): return Tqdm(disable=True)
+    def get_metrics(self, trainer, pl_module):
+        m = super().get_metrics(trainer, pl_module); m.pop('v_num', None); return m
 
 class _LineProgress(ProgressBar):
     "Progress as plain lines, for logs: one every `every` seconds within an epoch, and one at each epoch's end."

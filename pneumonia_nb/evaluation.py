@@ -455,8 +455,9 @@ class EvaluationResult:
         n, pos = len(self.predictions), int(self.predictions.Target.sum())
         rows = [f'  {k:18} {_ci_text(r)}' for k, r in zip(self.metrics.index, self.metrics.itertuples())]
         s = ([f'NOTE: {self.note}'] if self.note else []) + [f"{'validation' if self.split == 'original' else self.split} split: {n} patients, {pos} with pneumonia",
-             f"operating threshold {self.threshold['value']:.4f} ({self.threshold['method']}"
-             + (f" {self.threshold['target']}" if self.threshold.get('target') is not None else '') + f", chosen on {self.threshold['split']})",
+             ("threshold 0.5 (the original example's protocol)" if self.split == 'original' else
+              f"operating threshold {self.threshold['value']:.4f} ({self.threshold['method']}"
+              + (f" {self.threshold['target']}" if self.threshold.get('target') is not None else '') + f", chosen on {self.threshold['split']})"),
              'metrics at the operating threshold (95% bootstrap CI):', *rows]
         if self.localization is not None and len(self.localization):
             g = self.localization.set_index('map')

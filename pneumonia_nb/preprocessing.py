@@ -28,7 +28,7 @@ __all__ = ['DECODERS_EXTRA', 'MAX_PIXELS', 'LABELS_CSV', 'CLASSES_CSV', 'IMAGES_
            'export_folder']
 
 # %% ../nbs/02_preprocessing.ipynb #708d0a8a
-from .config import PneumoniaError, atomic_write, progress_bar
+from .config import PneumoniaError, PreprocessConfig, atomic_write, progress_bar
 
 # %% ../nbs/02_preprocessing.ipynb #ddfbb976
 class DicomError(PneumoniaError):
@@ -734,21 +734,24 @@ def _box_problem(boxes:list, rows:int, cols:int)->str|None:
     return None
 
 # %% ../nbs/02_preprocessing.ipynb #76885986
+_P = PreprocessConfig()   # the defaults live in the configuration (`00_config`)
+
 def preprocess(data_dir, # challenge layout: stage_2_train_labels.csv, stage_2_train_images/*.dcm
                out_dir, # the cache folder (created)
-               size:int=224, # side of the cached square images
-               workers:int|None=None, # processes; None = all cores
-               split:str='stratified', # 'stratified' or 'seed' (the original 24,000/2,684 split)
-               val_frac:float=0.1, # validation share for split='stratified'
-               test_frac:float=0.0, # held-out test share for split='stratified'
-               folds:int=5, # cross-validation folds recorded in the manifest
-               seed:int=42, # split seed
-               fast:bool=True, # reduced-scale JPEG decoding where it gives the same image
+               size:int=_P.size, # side of the cached square images
+               workers:int|None=_P.workers, # processes; None = all cores
+               split:str=_P.split, # 'stratified' or 'seed' (the original 24,000/2,684 split)
+               val_frac:float=_P.val_frac, # validation share for split='stratified'
+               test_frac:float|None=_P.test_frac, # held-out test share for split='stratified' (None: 0.1, or 0 with split='seed')
+               folds:int=_P.folds, # cross-validation folds recorded in the manifest
+               seed:int=_P.split_seed, # split seed
+               fast:bool=_P.fast_decode, # reduced-scale JPEG decoding where it gives the same image
                progress:bool=True, # show a progress bar
                checkpoint_every:int=2000, # write the manifest every this many images, so a crash loses little
               )->PreprocessResult:
     "Cache every labelled DICOM in `data_dir` as a size×size uint8 array; write manifest, stats and report."
     t0 = time.time()
+    test_frac = PreprocessConfig(split=split, test_frac=test_frac).test_share   # the configuration's rule for the default
     data_dir, cache = Path(data_dir), Path(out_dir)
     if not data_dir.is_dir(): raise FileNotFoundError(f'{data_dir}: data folder not found')
     if size < 8: raise ValueError(f'size must be at least 8, not {size}')

@@ -16,7 +16,7 @@ __all__ = ['DISK_FULL', 'LOCK_FILE', 'Backbone', 'Split', 'Optimizer', 'Schedule
            'RECIPES', 'PneumoniaError', 'ConfigError', 'CheckpointError', 'atomic_write', 'disk_full_message',
            'output_lock', 'refuse_inputs', 'resolve_device', 'normalise', 'DemoConfig', 'PreprocessConfig',
            'ModelConfig', 'OptimConfig', 'AugmentConfig', 'HardwareConfig', 'FitConfig', 'EvaluateConfig', 'RunConfig',
-           'recipe', 'config_from_dict', 'save_config', 'load_config', 'encode_patients', 'patients_in',
+           'recipe', 'config_from_dict', 'save_config', 'load_config', 'yaml_problem', 'encode_patients', 'patients_in',
            'ThresholdRecord', 'Contract', 'weights_digest', 'write_contract', 'read_contract']
 
 # %% ../nbs/00_config.ipynb #0086be49
@@ -84,13 +84,18 @@ def output_lock(folder, # the output folder (created); or, with `name`, the fold
     try: yield folder
     finally: lock.release()
 
+def _real(p)->Path:
+    "The path `p` names once links are followed; a link loop (which has no such path) as it is, made absolute."
+    try: return Path(p).resolve()
+    except (OSError, RuntimeError): return Path(os.path.abspath(p))
+
 def refuse_inputs(outputs, # files the run will write
                   inputs, # files it reads
                   what:str='output'):
     "A `PneumoniaError` when an output is (or links to) one of the inputs, before anything is written."
-    ins = {Path(i).resolve(): i for i in inputs}
+    ins = {_real(i): i for i in inputs}
     for o in outputs:
-        if (r := Path(o).resolve()) in ins:
+        if (r := _real(o)) in ins:
             raise PneumoniaError(o, f'this {what} is also an input ({ins[r]}) and would replace it; choose another file name')
 
 # %% ../nbs/00_config.ipynb #1f7b40ca
@@ -375,8 +380,14 @@ def load_config(path)->RunConfig:
     path = Path(path)
     if not path.is_file(): raise ConfigError(path, 'configuration file not found')
     try: d = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e: raise ConfigError(path, f'not valid YAML: {e}') from None
+    except yaml.YAMLError as e: raise ConfigError(path, yaml_problem(e)) from None
     return config_from_dict(d, path)
+
+def yaml_problem(e:yaml.YAMLError)->str:
+    "PyYAML's error in one line: where and what."
+    mark = getattr(e, 'problem_mark', None)
+    where = f' at line {mark.line + 1}, column {mark.column + 1}' if mark is not None else ''
+    return f"not valid YAML{where}: {getattr(e, 'problem', None) or str(e).splitlines()[0]}"
 
 # %% ../nbs/00_config.ipynb #03e57a5e
 def encode_patients(ids)->str:

@@ -197,7 +197,7 @@ def _check_seen(contract, df:pd.DataFrame, checkpoint, allow_seen:bool)->np.ndar
                              'than the model is. Predict other patients, or pass allow_seen=True (--allow_seen) to predict them anyway, marked as such')
     return seen
 
-# %% ../nbs/07_inference.ipynb #f6e90e80
+# %% ../nbs/07_inference.ipynb #ecf73bee
 def predict_files(checkpoint, # a checkpoint written by `train`: its contract gives size, normalisation, threshold
                   paths, # DICOM, PNG or JPEG files, or folders searched recursively for them
                   out=None, # CSV to write; the unreadable files go to `<out stem>_errors.csv` beside it

@@ -14,6 +14,7 @@ __all__ = ['build_parser', 'main']
 import yaml
 from jsonargparse import ArgumentParser, Namespace
 from . import __version__
+from .config import DISK_FULL, disk_full_message, refuse_inputs, yaml_problem
 from .config import (RECIPES, EXPORT_FORMATS, AugmentConfig, ConfigError, DemoConfig, EvaluateConfig, FitConfig, HardwareConfig,
                                  ModelConfig, OptimConfig, PneumoniaError, PreprocessConfig, RunConfig, config_from_dict, recipe)
 
@@ -119,6 +120,8 @@ def _predict_parser()->ArgumentParser:
     p.add_argument('--batch_size', type=int, default=64, help='images per batch')
     p.add_argument('--device', type=str, default='auto', help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
     p.add_argument('--workers', type=int, default=None, help='decoding processes (default: up to 8 cores)')
+    p.add_argument('--allow_seen', action='store_true', help='predict patients the model trained or chose its threshold on (marked in the CSV '
+                   'column seen_by_model and in the first line of the summary); without it they are refused')
     return p
 
 def _export_parser()->ArgumentParser:
@@ -215,6 +218,7 @@ def _evaluate(args, cfg:RunConfig):
     if (args.cache is None) == (args.data is None): raise ConfigError('--cache/--data', 'give one of them: the training cache, or a separate labelled dataset')
     loaded = load_classifier(args.ckpt, trusted=args.trust_checkpoint, map_location=cfg.evaluate.device)   # read once, fails before any work
     contract, method = loaded[1], cfg.evaluate.threshold_method if args.rechoose else None
+    if method: refuse_inputs([Path(args.out)/'checkpoint.ckpt'], [args.ckpt], 'new checkpoint')   # the model is passed on loaded, without its file
     if args.data is not None:
         if contract.threshold is None and method != 'fixed':
             raise PneumoniaError(args.ckpt, 'no operating threshold stored; choose one on the validation split of the training cache '
@@ -229,7 +233,7 @@ def _predict(args, cfg:RunConfig):
     if not Path(args.ckpt).is_file(): raise PneumoniaError(args.ckpt, 'no such checkpoint file')   # before torch is imported
     from pneumonia_nb.inference import predict_files
     res = predict_files(args.ckpt, args.paths, out=args.out, batch_size=args.batch_size, device=args.device,
-                        workers=args.workers, progress=_progress(args), trusted=args.trust_checkpoint)
+                        workers=args.workers, progress=_progress(args), trusted=args.trust_checkpoint, allow_seen=args.allow_seen)
     print(res.summary())
 
 def _export(args, cfg:RunConfig):
@@ -291,7 +295,7 @@ def _base_config(command:str, argv:list)->RunConfig:
     for f in files:
         if not f.is_file(): raise ConfigError(f, 'configuration file not found')
         try: raw.append((f, yaml.safe_load(f.read_text()) or {}))
-        except yaml.YAMLError as e: raise ConfigError(f, f'not valid YAML: {e}') from None
+        except yaml.YAMLError as e: raise ConfigError(f, yaml_problem(e)) from None
     has_input = '--data' in s or '--cache' in s or any(isinstance(d, dict) and (d.get('data') or d.get('cache')) for _, d in raw)
     name = s['--recipe'][-1] if '--recipe' in s else 'demo' if command in ('train', 'run') and not has_input else 'default'
     cfg = recipe(name)
@@ -343,6 +347,9 @@ def main(argv:list|None=None, # arguments (default: sys.argv[1:])
         handler(args, cfg)
     except _USER_ERRORS as e:
         print(f'pneumonia_nb {command}: error: {e}', file=sys.stderr); return 2
+    except OSError as e:   # a full or read-only disk where no writer turned it into a PneumoniaError
+        if e.errno not in DISK_FULL: raise
+        print(f'pneumonia_nb {command}: error: {e.filename or "output"}: {disk_full_message(e)}', file=sys.stderr); return 2
     except KeyboardInterrupt:
         print(f'pneumonia_nb {command}: interrupted; rerun the same command to resume', file=sys.stderr); return 130
     return 0

@@ -4,22 +4,26 @@
 
 # %% ../nbs/00_config.ipynb #0b77cd7e
 from __future__ import annotations
-import base64, dataclasses, datetime, hashlib, math, os, sys, tempfile, types, warnings
+import base64, dataclasses, datetime, errno, hashlib, math, os, sys, tempfile, types, warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 from typing import Literal, Union, get_args, get_origin, get_type_hints
 
 # %% auto #0
-__all__ = ['Backbone', 'Split', 'Optimizer', 'Scheduler', 'Loss', 'ThresholdMethod', 'ExportFormat', 'BACKBONES', 'SPLITS',
-           'OPTIMIZERS', 'SCHEDULERS', 'LOSSES', 'THRESHOLD_METHODS', 'EXPORT_FORMATS', 'RECIPES', 'PneumoniaError',
-           'ConfigError', 'CheckpointError', 'atomic_write', 'resolve_device', 'normalise', 'progress_bar',
-           'DemoConfig', 'PreprocessConfig', 'ModelConfig', 'OptimConfig', 'AugmentConfig', 'HardwareConfig',
-           'FitConfig', 'EvaluateConfig', 'RunConfig', 'recipe', 'config_from_dict', 'save_config', 'load_config',
-           'encode_patients', 'patients_in', 'ThresholdRecord', 'Contract', 'write_contract', 'read_contract']
+__all__ = ['DISK_FULL', 'LOCK_FILE', 'Backbone', 'Split', 'Optimizer', 'Scheduler', 'Loss', 'ThresholdMethod', 'ExportFormat',
+           'BACKBONES', 'SPLITS', 'OPTIMIZERS', 'SCHEDULERS', 'LOSSES', 'THRESHOLD_METHODS', 'EXPORT_FORMATS',
+           'RECIPES', 'PneumoniaError', 'ConfigError', 'CheckpointError', 'atomic_write', 'disk_full_message',
+           'output_lock', 'refuse_inputs', 'resolve_device', 'normalise', 'progress_bar', 'DemoConfig',
+           'PreprocessConfig', 'ModelConfig', 'OptimConfig', 'AugmentConfig', 'HardwareConfig', 'FitConfig',
+           'EvaluateConfig', 'RunConfig', 'recipe', 'config_from_dict', 'save_config', 'load_config', 'yaml_problem',
+           'encode_patients', 'patients_in', 'ThresholdRecord', 'Contract', 'weights_digest', 'write_contract',
+           'read_contract']
 
 # %% ../nbs/00_config.ipynb #0086be49
 import numpy as np
 import yaml
+from filelock import FileLock, Timeout
 
 # %% ../nbs/00_config.ipynb #7f280dda
 with warnings.catch_warnings():   # tqdm.auto warns in a notebook without ipywidgets, then uses text bars
@@ -54,9 +58,50 @@ def atomic_write(path, # where the file must end up
             with os.fdopen(fd, 'wb') as f: f.write(data.encode() if isinstance(data, str) else data)
         else: os.close(fd); write(tmp)
         os.chmod(tmp, 0o644); os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in DISK_FULL: raise PneumoniaError(path, disk_full_message(e)) from None
+        raise
     return path
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+def disk_full_message(e:OSError)->str:
+    "The one line a full (or read-only) file system gets."
+    what = {errno.ENOSPC: 'no space left on the device', errno.EDQUOT: 'the disk quota is used up',
+            errno.EROFS: 'the file system is read-only', errno.EFBIG: 'the file would be too large for the file system'}[e.errno]
+    return f'{what} ({errno.errorcode[e.errno]}); the file was not written and the one it would replace is intact. Free space and rerun'
+
+# %% ../nbs/00_config.ipynb #f511c283
+LOCK_FILE = '.pneumonia_nb.lock'
+
+@contextmanager
+def output_lock(folder, # the output folder (created); or, with `name`, the folder of the output file
+                what:str='another run', # who holds it, for the message (e.g. 'another train run')
+                name:str=LOCK_FILE, # the lock file's name in `folder`
+               ):
+    "Hold `folder`'s lock while the block runs; a `PneumoniaError` naming the folder when another process holds it."
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder/name, timeout=0)
+    try: lock.acquire()
+    except Timeout: raise PneumoniaError(folder, f'{what} is writing to this folder now (it holds {folder/name}); '
+                                         'wait for it to finish, or write somewhere else') from None
+    try: yield folder
+    finally: lock.release()
+
+def _real(p)->Path:
+    "The path `p` names once links are followed; a link loop (which has no such path) as it is, made absolute."
+    try: return Path(p).resolve()
+    except (OSError, RuntimeError): return Path(os.path.abspath(p))
+
+def refuse_inputs(outputs, # files the run will write
+                  inputs, # files it reads
+                  what:str='output'):
+    "A `PneumoniaError` when an output is (or links to) one of the inputs, before anything is written."
+    ins = {_real(i): i for i in inputs}
+    for o in outputs:
+        if (r := _real(o)) in ins:
+            raise PneumoniaError(o, f'this {what} is also an input ({ins[r]}) and would replace it; choose another file name')
 
 # %% ../nbs/00_config.ipynb #1f7b40ca
 def resolve_device(device='auto'): # 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ... or a torch.device
@@ -360,8 +405,14 @@ def load_config(path)->RunConfig:
     path = Path(path)
     if not path.is_file(): raise ConfigError(path, 'configuration file not found')
     try: d = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e: raise ConfigError(path, f'not valid YAML: {e}') from None
+    except yaml.YAMLError as e: raise ConfigError(path, yaml_problem(e)) from None
     return config_from_dict(d, path)
+
+def yaml_problem(e:yaml.YAMLError)->str:
+    "PyYAML's error in one line: where and what."
+    mark = getattr(e, 'problem_mark', None)
+    where = f' at line {mark.line + 1}, column {mark.column + 1}' if mark is not None else ''
+    return f"not valid YAML{where}: {getattr(e, 'problem', None) or str(e).splitlines()[0]}"
 
 # %% ../nbs/00_config.ipynb #03e57a5e
 def encode_patients(ids)->str:
@@ -410,6 +461,20 @@ class Contract:
         "Which of `ids` this model trained on or chose its threshold on."
         return patients_in(self.train_patients, ids) | patients_in(self.val_patients, ids)
 
+# %% ../nbs/00_config.ipynb #88ff16f4
+def weights_digest(state_dict:dict, # name -> tensor (entries that are not tensors are ignored)
+                  )->str:
+    "SHA-256 (hex) of the tensors of `state_dict`: names, dtypes, shapes and bytes, in sorted key order."
+    import torch
+    h = hashlib.sha256()
+    for k in sorted(state_dict):
+        v = state_dict[k]
+        if not torch.is_tensor(v): continue
+        t = v.detach().cpu().contiguous()
+        h.update(f'{k}|{t.dtype}|{tuple(t.shape)}|'.encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
 # %% ../nbs/00_config.ipynb #d685d220
 _KEY = 'pneumonia_nb'
 
@@ -418,6 +483,7 @@ def write_contract(checkpoint:dict, # a checkpoint dictionary being saved
     "Put `contract` (and the run's `config`) into `checkpoint`: the one place that writes them."
     d = asdict(contract)
     checkpoint[_KEY] = dict(version=contract.version, contract=d, config=None if config is None else config.to_dict())
+    if isinstance(checkpoint.get('state_dict'), dict): checkpoint[_KEY]['weights_sha256'] = weights_digest(checkpoint['state_dict'])
     return checkpoint
 
 def _finite(v)->bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -14,8 +14,8 @@ import matplotlib
 import matplotlib.pyplot as plt
 from matplotlib.patches import Rectangle
 from scipy.stats import bootstrap, rankdata
-from .config import PneumoniaError, ThresholdRecord, atomic_write, normalise
-from .preprocessing import load_manifest, load_stats
+from .config import PneumoniaError, ThresholdRecord, atomic_write, normalise, output_lock, refuse_inputs
+from .preprocessing import load_manifest, load_stats, write_csv
 from .dataset import load_images
 from .model import load_classifier, save_classifier
 
@@ -196,7 +196,11 @@ def predict_images(model, # a `PneumoniaClassifier` in eval mode
     "Probabilities for uint8 images, normalised with the contract's mean and std."
     out = [torch.sigmoid(model(_normalised(images[i:i + batch_size], model, contract)).float()).cpu()
            for i in progress_bar(range(0, len(images), batch_size), desc='predict', disable=not progress)]
-    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+    p = torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+    if not np.isfinite(p).all():
+        raise PneumoniaError('the model', f'gave a non-finite probability for {int((~np.isfinite(p)).sum())} of {len(p)} images '
+                             '(its weights are finite, but its arithmetic overflows): no metric or threshold can be computed from it')
+    return p
 
 def predict_split(checkpoint, # a checkpoint written by `train`, or a loaded `(model, contract)`
                   cache, # a cache folder written by `preprocess` at the checkpoint's size
@@ -497,7 +501,17 @@ def evaluate(checkpoint, # a checkpoint written by `train`, or a loaded `(model,
              save_checkpoint=None, # write a checkpoint with a newly chosen threshold here (a new file)
             )->EvaluationResult:
     "Evaluate `checkpoint` on `split` of `cache` and write the report to `out`."
-    out = Path(out); cache = Path(cache)
+    out, cache = Path(out), Path(cache)
+    written = [out/f for f in _OUTPUTS] + ([] if save_checkpoint is None else [save_checkpoint])
+    refuse_inputs(written, ([] if isinstance(checkpoint, tuple) else [checkpoint]) + [cache/f for f in ('manifest.csv', 'stats.json', 'report.json')], 'report file')
+    with output_lock(out, 'another evaluate run'):
+        return _evaluate(checkpoint, cache, out, split, method, target, n_resamples, cam, gallery, batch_size, device, trusted, progress,
+                         seed, allow_seen, save_checkpoint)
+
+_OUTPUTS = ('metrics.json', 'predictions.csv', 'report.md', 'curves.png', 'reliability.png', 'confusion.png', 'scores.png', 'cam_gallery.png')
+
+def _evaluate(checkpoint, cache, out, split, method, target, n_resamples, cam, gallery, batch_size, device, trusted, progress,
+              seed, allow_seen, save_checkpoint)->EvaluationResult:
     model, contract, ckpt_path = _loaded(checkpoint, trusted, device)
     _check_size(cache, contract)
     m = load_manifest(cache)
@@ -543,7 +557,7 @@ def evaluate(checkpoint, # a checkpoint written by `train`, or a loaded `(model,
                                                   [f'{k}  p={pred.probability.iloc[i]:.2f}\n{pred.patientId.iloc[i][:13]}' for k, i in picks])
     for name, fig in figs.items(): _save_fig(fig, out/name)
     cols = [c for c in ('patientId', 'Target', 'probability', 'prediction', 'view', 'sex', 'age') if c in pred]
-    atomic_write(out/'predictions.csv', pred[cols].to_csv(index=False))
+    write_csv(out/'predictions.csv', pred[cols])
     res = EvaluationResult(out, split, thr_info, mt, mh, sub, loc, pred)
     note = _ORIGINAL if split == 'original' else (f'{seen} of these patients trained this model or chose its threshold: the numbers are optimistic' if seen else None)
     res.note = note

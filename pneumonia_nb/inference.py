@@ -5,7 +5,7 @@
 # %% ../nbs/07_inference.ipynb #881b4135
 from __future__ import annotations
 import dataclasses, hashlib, io, json, os, time, uuid, warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 import cv2
@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from .config import CheckpointError, PneumoniaError, atomic_write, normalise
-from .preprocessing import DicomError, MAX_PIXELS, _link_problem, read_dicom, resize_image
+from .config import CheckpointError, PneumoniaError, atomic_write, normalise, output_lock, refuse_inputs
+from .preprocessing import DicomError, MAX_PIXELS, _link_problem, read_dicom, resize_image, write_csv
 from .model import load_classifier
 
 # %% auto #0
@@ -153,9 +153,12 @@ class PredictionResult:
     out: Path|None # the CSV written, if any
     errors_file: Path|None # the errors CSV written, if any
     seconds: float
+    seen: int = 0 # images of patients the model trained on or chose its threshold on (predicted only with `allow_seen`)
     def summary(self)->str:
         n, pos = len(self.predictions), int(self.predictions.prediction.sum())
-        s = [f'predicted  {n} image(s) with {self.checkpoint} on {self.device}',
+        s = [f'NOTE: {self.seen} of these images are of patients this model trained on or chose its threshold on (column '
+             'seen_by_model): their predictions are optimistic'] if self.seen else []
+        s += [f'predicted  {n} image(s) with {self.checkpoint} on {self.device}',
              f'positive   {pos} ({pos/max(n, 1):.1%}) at threshold {self.threshold:.4g} ({self.threshold_source})']
         if self.failed:
             s.append(f'failed     {len(self.failed)} file(s) could not be read' + (f', listed in {self.errors_file}' if self.errors_file else '') + ':')
@@ -167,6 +170,33 @@ class PredictionResult:
 # %% ../nbs/07_inference.ipynb #7f51b518
 PREDICTION_COLUMNS = ['patientId', 'probability', 'prediction', 'threshold', 'file']
 
+def _errors_file(out:Path)->Path: return out.with_name(f'{out.stem}_errors.csv')
+
+def _scores(model, loader, norm, dev, n:int, progress:bool)->tuple:
+    "({index: probability}, {index: patientId}, {index: why it failed}) over the loader's batches."
+    probs, pids, failed = {}, {}, {}
+    with torch.inference_mode(), progress_bar(total=n, desc='predict', unit='img', disable=not progress) as bar:
+        for b in loader:
+            failed.update(b['failed'])
+            if b['x'] is not None:
+                p = torch.sigmoid(model(norm(b['x'].to(dev, non_blocking=True))).float()).cpu().numpy()
+                for i, pid, v in zip(b['index'], b['patientId'], p.tolist()):
+                    if np.isfinite(v): probs[i], pids[i] = v, pid
+                    else: failed[i] = f'the model gave a non-finite probability ({v}) for this image, so no prediction is made'
+            bar.update(len(b['index']) + len(b['failed']))
+    return probs, pids, failed
+
+def _check_seen(contract, df:pd.DataFrame, checkpoint, allow_seen:bool)->np.ndarray:
+    "Which rows are of patients the model has seen; an error when there are any and not `allow_seen`."
+    seen = contract.seen(df.patientId) if len(df) else np.zeros(0, bool)
+    if seen.any() and not allow_seen:
+        i = int(np.flatnonzero(seen)[0])
+        raise PneumoniaError(checkpoint, f'{int(seen.sum())} of the {len(df)} images are of patients this model trained on or chose '
+                             f'its threshold on (e.g. {df.patientId.iloc[i]}, {df.file.iloc[i]}): their predictions would look better '
+                             'than the model is. Predict other patients, or pass allow_seen=True (--allow_seen) to predict them anyway, marked as such')
+    return seen
+
+# %% ../nbs/07_inference.ipynb #ecf73bee
 def predict_files(checkpoint, # a checkpoint written by `train`: its contract gives size, normalisation, threshold
                   paths, # DICOM, PNG or JPEG files, or folders searched recursively for them
                   out=None, # CSV to write; the unreadable files go to `<out stem>_errors.csv` beside it
@@ -176,41 +206,42 @@ def predict_files(checkpoint, # a checkpoint written by `train`: its contract gi
                   progress:bool=True, # show a progress bar
                   trusted:bool=False, # read a checkpoint that needs full unpickling (only from a source you trust)
                   backbone:str|None=None, # insist on this backbone; None accepts the checkpoint's
+                  allow_seen:bool=False, # predict patients the model trained or chose its threshold on (marked in column `seen_by_model`)
                  )->PredictionResult:
     "Probability of lung opacity for every image in `paths`, and the decision at the checkpoint's threshold."
     t0 = time.time()
     files = expand_paths(paths)
-    if out is not None and Path(out).is_dir(): raise ValueError(f'{out}: is a folder; give the name of the CSV file to write')
-    model, contract = load_classifier(checkpoint, backbone=backbone, trusted=trusted, map_location=device)
-    dev = next(model.parameters()).device
-    thr, source = _threshold(contract, checkpoint)
-    norm = lambda x: normalise(x[:, None] if x.ndim == 3 else x, contract.mean, contract.std)
-    workers = min(8, _cores()) if workers is None else workers
-    workers = max(0, min(workers, -(-len(files) // batch_size)))   # no more processes than batches
-    loader = DataLoader(_ImageFiles(files, contract.size), batch_size=batch_size, num_workers=workers,
-                        collate_fn=_collate, pin_memory=dev.type == 'cuda')
-    probs, pids, failed = {}, {}, {}
-    with torch.inference_mode(), progress_bar(total=len(files), desc='predict', unit='img', disable=not progress) as bar:
-        for b in loader:
-            failed.update(b['failed'])
-            if b['x'] is not None:
-                p = torch.sigmoid(model(norm(b['x'].to(dev, non_blocking=True))).float()).cpu().numpy()
-                probs.update(zip(b['index'], p.tolist())); pids.update(zip(b['index'], b['patientId']))
-            bar.update(len(b['index']) + len(b['failed']))
-    idx = sorted(probs)
-    prob = np.array([probs[i] for i in idx], dtype=np.float64)
-    df = pd.DataFrame(dict(patientId=pd.Series([pids[i] for i in idx], dtype=str), probability=prob,
-                           prediction=(prob >= thr).astype(int), threshold=np.full(len(idx), thr),
-                           file=pd.Series([str(files[i]) for i in idx], dtype=str)))[PREDICTION_COLUMNS]
-    failed = [(str(files[i]), failed[i]) for i in sorted(failed)]
-    errors_file = None
+    out = None if out is None else Path(out)
     if out is not None:
-        out = Path(out)
-        atomic_write(out, df.to_csv(index=False))
-        ef = out.with_name(f'{out.stem}_errors.csv')
-        if failed: atomic_write(ef, pd.DataFrame(failed, columns=['file', 'error']).to_csv(index=False)); errors_file = ef
-        else: ef.unlink(missing_ok=True)   # left by an earlier run into the same file
-    return PredictionResult(df, failed, thr, source, Path(checkpoint), str(dev), out, errors_file, time.time() - t0)
+        if out.is_dir(): raise ValueError(f'{out}: is a folder; give the name of the CSV file to write')
+        refuse_inputs([out, _errors_file(out)], [*files, checkpoint], 'CSV')
+    with output_lock(out.parent, f'another predict run writing {out.name}', name=f'.{out.name}.lock') if out else nullcontext():
+        model, contract = load_classifier(checkpoint, backbone=backbone, trusted=trusted, map_location=device)
+        dev = next(model.parameters()).device
+        thr, source = _threshold(contract, checkpoint)
+        norm = lambda x: normalise(x[:, None] if x.ndim == 3 else x, contract.mean, contract.std)
+        workers = min(8, _cores()) if workers is None else workers
+        workers = max(0, min(workers, -(-len(files) // batch_size)))   # no more processes than batches
+        loader = DataLoader(_ImageFiles(files, contract.size), batch_size=batch_size, num_workers=workers,
+                            collate_fn=_collate, pin_memory=dev.type == 'cuda')
+        probs, pids, failed = _scores(model, loader, norm, dev, len(files), progress)
+        if not probs and failed and all(v.startswith('the model gave a non-finite') for v in failed.values()):
+            raise CheckpointError(checkpoint, f'the model gave no finite probability for any of the {len(failed)} images: it is broken; nothing was written')
+        idx = sorted(probs)
+        prob = np.array([probs[i] for i in idx], dtype=np.float64)
+        df = pd.DataFrame(dict(patientId=pd.Series([pids[i] for i in idx], dtype=str), probability=prob,
+                               prediction=(prob >= thr).astype(int), threshold=np.full(len(idx), thr),
+                               file=pd.Series([str(files[i]) for i in idx], dtype=str)))[PREDICTION_COLUMNS]
+        seen = _check_seen(contract, df, checkpoint, allow_seen)
+        if seen.any(): df['seen_by_model'] = seen.astype(int)
+        failed = [(str(files[i]), failed[i]) for i in sorted(failed)]
+        errors_file = None
+        if out is not None:
+            write_csv(out, df)
+            ef = _errors_file(out)
+            if failed: write_csv(ef, pd.DataFrame(failed, columns=['file', 'error'])); errors_file = ef
+            else: ef.unlink(missing_ok=True)   # left by an earlier run into the same file
+    return PredictionResult(df, failed, thr, source, Path(checkpoint), str(dev), out, errors_file, time.time() - t0, int(seen.sum()))
 
 # %% ../nbs/07_inference.ipynb #9b12c5bb
 class ExportedClassifier(nn.Module):
@@ -319,7 +350,18 @@ def export_model(checkpoint, # a checkpoint written by `train`
     example = torch.randint(0, 256, (2, 1, size, size), generator=g).float()
     check = torch.randint(0, 256, (3, 1, size, size), generator=g).float()
     with torch.no_grad(): ref = wrapper(check)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not all(torch.isfinite(r).all() for r in ref):
+        raise CheckpointError(checkpoint, 'the model gives non-finite outputs on a test batch: it is broken; nothing was exported')
+    refuse_inputs([out_dir/f for f in (*_FILES.values(), 'contract.json')], [checkpoint], 'export')   # also the files it removes
+    with output_lock(out_dir, 'another export run'): return _write_export(wrapper, model, contract, checkpoint, out_dir, formats, example, check, ref, threshold, t0)
+
+def _check_parity(verified:dict):
+    "An error when an export's outputs differ from PyTorch's by more than 1e-3 (or by NaN)."
+    for k, d in verified.items():
+        if d is not None and not d <= 1e-3: raise RuntimeError(f'the {k} export differs from PyTorch by {d:.2g} on a test batch; nothing was written')
+
+def _write_export(wrapper, model, contract, checkpoint, out_dir:Path, formats, example, check, ref, threshold, t0)->ExportResult:
+    size = contract.size
     staged, verified, onnx_info = {}, {}, None
     try:
         with _quiet_export(), torch.no_grad():
@@ -332,8 +374,7 @@ def export_model(checkpoint, # a checkpoint written by `train`
                 onnx_info = _export_onnx(wrapper, example, tmp)
                 got = _onnx_outputs(tmp, check)
                 verified['onnx'] = None if got is None else _max_diff(got, ref)
-        for k, d in verified.items():
-            if d is not None and not d <= 1e-3: raise RuntimeError(f'the {k} export differs from PyTorch by {d:.2g} on a test batch; nothing was written')
+        _check_parity(verified)
         doc = dict(
             format=1,
             input=dict(name='image', dtype='float32', shape=['batch', 1, size, size], range=[0, 255],

@@ -19,11 +19,13 @@ from torchmetrics.classification import (BinaryAccuracy, BinaryPrecision, Binary
                                          BinaryF1Score, BinaryAUROC, BinaryAveragePrecision)
 
 # %% auto #0
-__all__ = ['build_backbone', 'FocalLoss', 'PneumoniaClassifier', 'load_checkpoint', 'load_classifier', 'save_classifier']
+__all__ = ['build_backbone', 'FocalLoss', 'PneumoniaClassifier', 'load_checkpoint', 'check_weights', 'load_classifier',
+           'save_classifier']
 
 # %% ../nbs/04_model.ipynb #92479519
 from .config import (BACKBONES, LOSSES, OPTIMIZERS, SCHEDULERS, CheckpointError, Contract, ModelConfig, OptimConfig,
-                                 RunConfig, atomic_write, read_contract, resolve_device, write_contract)
+                                 RunConfig, atomic_write, read_contract, resolve_device, weights_digest, write_contract)
+from .config import _KEY as _CONTRACT_KEY
 
 # %% ../nbs/04_model.ipynb #61717d0b
 def _parent(model:nn.Module, name:str):
@@ -324,6 +326,21 @@ def load_checkpoint(path, # a checkpoint written by `train`
     except (RuntimeError, EOFError, OSError) as e:
         raise CheckpointError(path, f'not a readable checkpoint, the file may be truncated or not a PyTorch file ({type(e).__name__}: {e})') from None
 
+# %% ../nbs/04_model.ipynb #54aa7b9f
+def check_weights(checkpoint:dict, # a loaded checkpoint with `state_dict` and the contract's record
+                  path='checkpoint', # its file, named in errors
+                 ):
+    "Refuse weights that are not finite, or that differ from the digest `write_contract` stored when the file was saved."
+    sd = checkpoint['state_dict']
+    bad = [k for k, v in sd.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad: raise CheckpointError(path, f'{len(bad)} weight tensor(s) hold NaN or infinite values (e.g. {bad[0]}): the training diverged or the file was altered')
+    want = (checkpoint.get(_CONTRACT_KEY) or {}).get('weights_sha256')
+    if want is None:
+        warnings.warn(f'{path}: no digest of the weights is stored (written by an older pneumonia_nb), so its integrity cannot be checked', UserWarning, stacklevel=3)
+    elif weights_digest(sd) != want:
+        raise CheckpointError(path, 'its weights differ from the digest stored when it was saved: the file was damaged or altered '
+                                    'after it was written; use another copy, or retrain')
+
 # %% ../nbs/04_model.ipynb #6a4a4d99
 def load_classifier(path, # a checkpoint written by `train`
                     backbone:str|None=None, # expected backbone; None accepts the checkpoint's
@@ -341,14 +358,13 @@ def load_classifier(path, # a checkpoint written by `train`
     if name not in BACKBONES: raise CheckpointError(path, f'unknown backbone {name!r}; known: {", ".join(BACKBONES)}')
     if backbone is not None and backbone != name:
         raise CheckpointError(path, f'holds a {name} model, not a {backbone}')
-    bad = [k for k, v in ckpt['state_dict'].items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad: raise CheckpointError(path, f'{len(bad)} weight tensor(s) hold NaN or infinite values (e.g. {bad[0]}): the training diverged or the file was altered')
     hp.update(pretrained='none', weights_path=None, compile=False)
     model = PneumoniaClassifier(**hp)
     try: model.load_state_dict(ckpt['state_dict'])
     except RuntimeError as e:
         detail = str(e).split('\n\t')[1].strip() if '\n\t' in str(e) else str(e)
         raise CheckpointError(path, f'its weights do not fit a {name} (written for another backbone, or altered): {detail[:300]}') from None
+    check_weights(ckpt, path)
     model.contract, model.run_config = contract, config
     return model.to(device).eval(), contract
 

@@ -28,7 +28,7 @@ __all__ = ['DECODERS_EXTRA', 'MAX_PIXELS', 'LABELS_CSV', 'CLASSES_CSV', 'IMAGES_
            'export_folder']
 
 # %% ../nbs/02_preprocessing.ipynb #708d0a8a
-from .config import PneumoniaError, PreprocessConfig, atomic_write, progress_bar
+from .config import DISK_FULL, PneumoniaError, PreprocessConfig, atomic_write, disk_full_message, progress_bar
 
 # %% ../nbs/02_preprocessing.ipynb #ddfbb976
 class DicomError(PneumoniaError):
@@ -594,6 +594,8 @@ def _cache_one(job:tuple)->dict:
                     age=h['age'], modality=h['modality'], pixel_spacing=h['pixel_spacing'],
                     px_mean=float(x.mean()), px_sqmean=float((x*x).mean()), source_size=size_b, source_mtime_ns=mtime)
     except Exception as e:
+        if isinstance(e, OSError) and e.errno in DISK_FULL:   # not this file's fault: the run stops (see `preprocess`)
+            return dict(patientId=pid, ok=False, fatal=disk_full_message(e), error=str(dst))
         return dict(patientId=pid, ok=False, error=str(e) if isinstance(e, DicomError) else f'{src}: {type(e).__name__}: {e}')
 
 # %% ../nbs/02_preprocessing.ipynb #13e708c9
@@ -784,6 +786,7 @@ def preprocess(data_dir, # challenge layout: stage_2_train_labels.csv, stage_2_t
         chunk = max(1, min(64, len(jobs) // (workers * 8)))
         results = pool.imap_unordered(_cache_one, jobs, chunksize=chunk) if pool and len(jobs) >= 2 * workers else map(_cache_one, jobs)
         for i, r in enumerate(results, 1):
+            if r.get('fatal'): raise PneumoniaError(r['error'], r['fatal'])   # a full disk: stop; the cached arrays and the last manifest stay
             if not r['ok']: failed.append(r['error'])
             else: cached_now += _keep(r)
             bar.update(1)

@@ -4,8 +4,8 @@
 
 # %% ../nbs/05_training.ipynb #8a7efaf5
 from __future__ import annotations
-import dataclasses, datetime, json, logging, sys, time, warnings
-from contextlib import contextmanager
+import dataclasses, datetime, json, logging, os, sys, time, warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,11 +19,11 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision, binary_precision_at_fixed_recall
 from torchvision.utils import make_grid
 
-from .config import (Contract, PneumoniaError, RunConfig, ThresholdRecord, _interactive, atomic_write, encode_patients,
-                                 resolve_device, save_config)
+from .config import (CheckpointError, Contract, PneumoniaError, RunConfig, ThresholdRecord, _interactive, atomic_write,
+                                 encode_patients, output_lock, read_contract, resolve_device, save_config)
 from .preprocessing import load_manifest, load_stats
 from .dataset import PneumoniaDataModule, load_images
-from .model import PneumoniaClassifier, load_classifier, save_classifier
+from .model import PneumoniaClassifier, check_weights, load_checkpoint, load_classifier, save_classifier
 
 # %% auto #0
 __all__ = ['resolve_precision', 'TrainingDiverged', 'AugmentedImages', 'TrainResult', 'train', 'pooled_metrics', 'predict_rows',
@@ -153,6 +153,22 @@ class TrainResult:
                                    f'logs         {self.log_dir}   (tensorboard --logdir {self.log_dir.parent})',
                                    f'time         {self.seconds:.0f} s'])
 
+# %% ../nbs/05_training.ipynb #504a6608
+def _check_resume(path, cfg:RunConfig):
+    "Refuse, with the file and the reason, a checkpoint that cannot be resumed from with `cfg`."
+    ck = load_checkpoint(path)
+    if not isinstance(ck, dict) or 'state_dict' not in ck: raise CheckpointError(path, 'not a Lightning checkpoint (no state_dict)')
+    read_contract(ck, path); check_weights(ck, path)
+    missing = [k for k in ('optimizer_states', 'loops', 'epoch', 'global_step') if k not in ck]
+    if missing: raise CheckpointError(path, f'holds the weights only (no {", ".join(missing)}), so training cannot resume from it: '
+                                            'resume from last.ckpt (resume=\'last\'), which keeps them')
+    name = (ck.get('hyper_parameters') or {}).get('backbone')
+    if name != cfg.model.backbone: raise CheckpointError(path, f'holds a {name} model, but this run trains a {cfg.model.backbone}')
+
+def _first_process()->bool:
+    "Whether this is the first process of a run (a DDP child started by Lightning or torchrun has a rank > 0)."
+    return all(int(os.environ.get(v, 0) or 0) == 0 for v in ('LOCAL_RANK', 'NODE_RANK', 'RANK'))
+
 # %% ../nbs/05_training.ipynb #66cd2cfd
 def _data_module(cache, cfg:RunConfig, gpu:bool, multi:bool)->PneumoniaDataModule:
     "The data module `cfg` asks for, on this hardware."
@@ -203,10 +219,15 @@ def train(cache, # cache folder written by `preprocess`
     "Train a `PneumoniaClassifier` on a cache; keep the best and the last checkpoint; choose and store the operating threshold."
     t0 = time.time()
     cfg = (config or RunConfig()).override(**overrides)
-    o, h = cfg.optim, cfg.hardware
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     ckpt_path = str(out/'checkpoints'/'last.ckpt') if resume == 'last' else resume
     if ckpt_path is not None and not Path(ckpt_path).exists(): raise FileNotFoundError(f'{ckpt_path}: no checkpoint to resume from')
+    if ckpt_path is not None: _check_resume(ckpt_path, cfg)
+    with output_lock(out, 'another train run') if _first_process() else nullcontext():
+        return _train(cache, out, cfg, ckpt_path, progress, log_images, limit_batches, t0)
+
+def _train(cache, out:Path, cfg:RunConfig, ckpt_path, progress, log_images, limit_batches, t0)->TrainResult:
+    o, h = cfg.optim, cfg.hardware
     pl.seed_everything(cfg.fit.seed, workers=True, verbose=False)
     gpu = _on_gpu(h.accelerator)
     multi = h.strategy.startswith('ddp') or h.num_nodes > 1 or h.devices not in ('auto', 1)

@@ -127,7 +127,9 @@ def normalise(images, # uint8 pixel values: a torch tensor or a numpy array
     return (x - 255 * mean) / (255 * std)
 
 # %% ../nbs/00_config.ipynb #3cdfb9f1
-def _interactive(stream)->bool: return stream.isatty() or 'ipykernel' in sys.modules
+def _interactive(stream)->bool:
+    "A terminal, or a notebook's own output (a Jupyter kernel's standard error or output)."
+    return stream.isatty() or type(stream).__module__.startswith('ipykernel')
 
 class _Lines:
     "A stream for tqdm outside a terminal: each refresh becomes a line of its own."

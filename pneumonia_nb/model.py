@@ -5,7 +5,7 @@
 # %% ../nbs/04_model.ipynb #7b883a98
 from __future__ import annotations
 import io, math, os, pickle, re, socket, warnings, zipfile
-from contextlib import contextmanager, redirect_stderr
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -78,7 +78,7 @@ def _socket_timeout(seconds:float):
 
 def _imagenet_model(name:str) -> nn.Module:
     "Standard torchvision `name` with ImageNet weights, from the hub cache or downloaded into it"
-    with _socket_timeout(_DOWNLOAD_TIMEOUT), redirect_stderr(io.StringIO()):   # torch.hub's own "Downloading:" line: the outcome is reported instead
+    with _socket_timeout(_DOWNLOAD_TIMEOUT), redirect_stdout(io.StringIO()):   # torch.hub's own "Downloading:" line: the outcome is reported instead
         return torchvision.models.get_model(name, weights=_default_weights(name), progress=False)
 
 # %% ../nbs/04_model.ipynb #976fa491

@@ -372,8 +372,9 @@ def read_dicom(path, # a DICOM file
         except OSError: quick = None   # missing, a folder, unreadable: _dcmread says which
         if quick is not None: return DicomImage(resize_image(quick[0], size), quick[1])
     ds = _dcmread(path)
-    header = read_header(ds)
-    _check_pixels(path, ds)
+    try: header = read_header(ds); _check_pixels(path, ds)
+    except DicomError: raise
+    except Exception as e: raise DicomError(path, f'a header value cannot be read ({type(e).__name__}: {e})') from None
     arr = None
     if fast and size is not None:
         try: arr = _fast_jpeg(ds, size, path)

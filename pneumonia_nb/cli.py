@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_cli.ipynb #daaecb02
 from __future__ import annotations
-import argparse, dataclasses, re, sys, time, warnings
+import argparse, dataclasses, importlib, inspect, re, sys, time, warnings
 from pathlib import Path
 
 # %% auto #0
@@ -15,17 +15,22 @@ import yaml
 from jsonargparse import ArgumentParser, Namespace
 from . import __version__
 from .config import DISK_FULL, disk_full_message, refuse_inputs, yaml_problem
-from .config import (RECIPES, EXPORT_FORMATS, AugmentConfig, ConfigError, DemoConfig, EvaluateConfig, FitConfig, HardwareConfig,
-                                 ModelConfig, OptimConfig, PneumoniaError, PreprocessConfig, RunConfig, config_from_dict, recipe)
+from .config import RECIPES, EXPORT_FORMATS, load_config, AugmentConfig, ConfigError, DemoConfig, EvaluateConfig
+from .config import FitConfig, HardwareConfig, ModelConfig, OptimConfig, PneumoniaError, PreprocessConfig
+from .config import RunConfig, config_from_dict, recipe
 
 # %% ../nbs/08_cli.ipynb #6f6e5a9e
+def _lazy(module:str, *names):
+    "`names` from `pneumonia_nb.<module>`, imported when a command runs, so that `--help` never imports torch."
+    m = importlib.import_module(f'pneumonia_nb.{module}')
+    return getattr(m, names[0]) if len(names) == 1 else tuple(getattr(m, n) for n in names)
+
 _GROUPS = {'demo': DemoConfig, 'preprocess': PreprocessConfig, 'model': ModelConfig, 'optim': OptimConfig, 'augment': AugmentConfig,
            'hardware': HardwareConfig, 'fit': FitConfig, 'evaluate': EvaluateConfig}
 _TRAINING = list(_GROUPS)
 
 def _field_docs(cls)->dict:
     "The comment after each field of dataclass `cls`: its documentation."
-    import inspect
     return {m.group(1): m.group(2).strip() for line in inspect.getsource(cls).splitlines()
             if (m := re.match(r'\s+(\w+)\s*:[^#]*#\s*(.+)$', line))}
 
@@ -143,14 +148,14 @@ def _resolved(p:ArgumentParser, args:Namespace, groups:list, base:RunConfig)->Ru
     return config_from_dict(d, 'the command line', base=base)
 
 def _demo(args, cfg:RunConfig):
-    from pneumonia_nb.demo import make_demo_dataset
+    make_demo_dataset = _lazy('demo', 'make_demo_dataset')
     t, c = time.time(), cfg.demo
     d = make_demo_dataset(args.out, n=c.n, image_size=c.image_size, seed=c.generator_seed, progress=_progress(args))
     print(f'demo dataset  {d}  ({c.n} patients, {c.image_size}² DICOMs, {time.time()-t:.1f} s)')
     return d
 
 def _preprocess_from(data, out, cfg:RunConfig, args):
-    from pneumonia_nb.preprocessing import preprocess
+    preprocess = _lazy('preprocessing', 'preprocess')
     c = cfg.preprocess
     res = preprocess(data, out, size=c.size, workers=c.workers, split=c.split, val_frac=c.val_frac, test_frac=c.test_share,
                      folds=c.folds, seed=c.split_seed, fast=c.fast_decode, progress=_progress(args))
@@ -158,7 +163,7 @@ def _preprocess_from(data, out, cfg:RunConfig, args):
     return res.cache
 
 def _preprocess(args, cfg:RunConfig):
-    from pneumonia_nb.preprocessing import export_folder
+    export_folder = _lazy('preprocessing', 'export_folder')
     _preprocess_from(args.data, args.out, cfg, args)
     if args.export_folder: print(f'exported     {export_folder(args.out, args.export_folder, progress=_progress(args))}')
 
@@ -176,7 +181,7 @@ def _cache_for(args, cfg:RunConfig, out:Path)->tuple:
     return cache
 
 def _train_from(args, cfg:RunConfig, cache, out:Path, resume=None):
-    from pneumonia_nb.training import train, cross_validate
+    train, cross_validate = _lazy('training', 'train', 'cross_validate')
     if cfg.fit.cv_folds:
         res = cross_validate(cache, out, cfg, progress=_progress(args))
         print(res.summary()); print(f'out-of-fold predictions  {out/"oof.csv"}')
@@ -189,18 +194,14 @@ def _train(args, cfg:RunConfig):
     out = Path(args.out)
     _train_from(args, cfg, _cache_for(args, cfg, out), out, resume=args.resume)
 
-def _evaluate_from(args, checkpoint, cache, out, cfg:RunConfig, split:str, method=None):
-    from pneumonia_nb.evaluation import evaluate
+def _evaluate_from(args, checkpoint, cache, out, cfg:RunConfig, split:str|None=None, method=None):   # split None: evaluate's choice
+    evaluate = _lazy('evaluation', 'evaluate')
     ev = cfg.evaluate
     res = evaluate(checkpoint, cache, out, split=split, method=method, target=ev.target, n_resamples=ev.bootstrap, cam=ev.cam,
                    gallery=ev.gallery, progress=_progress(args), allow_seen=getattr(args, 'allow_seen', False),
                    save_checkpoint=Path(out)/'checkpoint.ckpt' if method else None)
     print(res.summary())
     return res
-
-def _default_split(cache)->str:
-    from pneumonia_nb.preprocessing import load_manifest
-    return 'test' if (load_manifest(cache).split == 'test').any() else 'original'
 
 # %% ../nbs/08_cli.ipynb #dc189d36
 def _run(args, cfg:RunConfig):
@@ -210,11 +211,11 @@ def _run(args, cfg:RunConfig):
     print('== evaluate')
     if cfg.fit.cv_folds: print('cross-validation keeps one model per fold: evaluate a checkpoint with pneumonia_nb evaluate'); return
     if not getattr(res, 'rank_zero', True): return
-    _evaluate_from(args, res.best_checkpoint or res.last_checkpoint, cache, out/'evaluation', cfg, _default_split(cache))
+    _evaluate_from(args, res.best_checkpoint or res.last_checkpoint, cache, out/'evaluation', cfg)
 
 def _evaluate(args, cfg:RunConfig):
-    from pneumonia_nb.model import load_classifier
-    from pneumonia_nb.preprocessing import preprocess
+    load_classifier = _lazy('model', 'load_classifier')
+    preprocess = _lazy('preprocessing', 'preprocess')
     if (args.cache is None) == (args.data is None): raise ConfigError('--cache/--data', 'give one of them: the training cache, or a separate labelled dataset')
     loaded = load_classifier(args.ckpt, trusted=args.trust_checkpoint, map_location=cfg.evaluate.device)   # read once, fails before any work
     contract, method = loaded[1], cfg.evaluate.threshold_method if args.rechoose else None
@@ -225,19 +226,19 @@ def _evaluate(args, cfg:RunConfig):
                                  '(pneumonia_nb evaluate --cache CACHE --rechoose ...), or use --rechoose --evaluate.threshold_method fixed')
         res = preprocess(args.data, Path(args.out)/'cache', size=contract.size, workers=args.workers, test_frac=0.0, progress=_progress(args))
         print(res.summary()); cache, split = res.cache, args.split or 'all'
-    else: cache, split = Path(args.cache), args.split or _default_split(args.cache)
+    else: cache, split = Path(args.cache), args.split   # None: the test split, or the original protocol without one
     _evaluate_from(args, loaded, cache, args.out, cfg, split, method)
 
 def _predict(args, cfg:RunConfig):
     if args.batch_size < 1: raise ConfigError('--batch_size', f'must be at least 1, not {args.batch_size}')
     if not Path(args.ckpt).is_file(): raise PneumoniaError(args.ckpt, 'no such checkpoint file')   # before torch is imported
-    from pneumonia_nb.inference import predict_files
+    predict_files = _lazy('inference', 'predict_files')
     res = predict_files(args.ckpt, args.paths, out=args.out, batch_size=args.batch_size, device=args.device,
                         workers=args.workers, progress=_progress(args), trusted=args.trust_checkpoint, allow_seen=args.allow_seen)
     print(res.summary())
 
 def _export(args, cfg:RunConfig):
-    from pneumonia_nb.inference import export_model
+    export_model = _lazy('inference', 'export_model')
     bad = [f for f in args.format if f not in EXPORT_FORMATS]
     if bad: raise ConfigError('--format', f'{bad} not among {list(EXPORT_FORMATS)}')
     print(export_model(args.ckpt, args.out, formats=tuple(args.format), trusted=args.trust_checkpoint).summary())
@@ -288,7 +289,6 @@ def _scan(argv:list, *names)->dict:
 
 def _base_config(command:str, argv:list)->RunConfig:
     "The recipe, then the --config files: the defaults the command line then overrides."
-    from pneumonia_nb.config import load_config
     s = _scan(argv, '--recipe', '--config', '--data', '--cache')
     files = [Path(f) for f in s.get('--config', [])]
     raw = []

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_config.ipynb #0b77cd7e
 from __future__ import annotations
-import base64, dataclasses, datetime, errno, hashlib, math, os, sys, tempfile, types, warnings
+import base64, dataclasses, datetime, errno, hashlib, importlib, math, os, sys, tempfile, types, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
@@ -26,8 +26,7 @@ import yaml
 from filelock import FileLock, Timeout
 
 # %% ../nbs/00_config.ipynb #7f280dda
-with warnings.catch_warnings():   # tqdm.auto warns in a notebook without ipywidgets, then uses text bars
-    warnings.simplefilter('ignore'); from tqdm.auto import tqdm as _tqdm
+from tqdm import tqdm as _tqdm
 
 # %% ../nbs/00_config.ipynb #8607eb00
 class PneumoniaError(ValueError):
@@ -106,7 +105,7 @@ def refuse_inputs(outputs, # files the run will write
 # %% ../nbs/00_config.ipynb #1f7b40ca
 def resolve_device(device='auto'): # 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ... or a torch.device
     "The torch device `device` names; a `ConfigError` for one that is malformed or not on this machine."
-    import torch
+    torch = importlib.import_module('torch')   # on first use: this module does not import torch
     if device == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     try: d = torch.device(device)
     except (RuntimeError, TypeError): raise ConfigError('device', f"{device!r} is not a device: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
@@ -467,7 +466,7 @@ class Contract:
 def weights_digest(state_dict:dict, # name -> tensor (entries that are not tensors are ignored)
                   )->str:
     "SHA-256 (hex) of the tensors of `state_dict`: names, dtypes, shapes and bytes, in sorted key order."
-    import torch
+    torch = importlib.import_module('torch')   # on first use: this module does not import torch
     h = hashlib.sha256()
     for k in sorted(state_dict):
         v = state_dict[k]

@@ -6,7 +6,7 @@
 __all__ = ['write_dicom', 'synthetic_chest', 'random_boxes', 'make_demo_dataset']
 
 # %% ../nbs/01_demo.ipynb #e278608f
-import csv, io, json, math, os, tempfile, uuid, warnings
+import csv, importlib.util, io, json, math, os, tempfile, uuid, warnings
 from pathlib import Path
 import cv2
 import numpy as np
@@ -15,8 +15,8 @@ from pydicom import config as dcm_config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import (ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit,
-                         RLELossless, SecondaryCaptureImageStorage, generate_uid)
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
+from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 from pydicom.valuerep import DSfloat
 
 # %% ../nbs/01_demo.ipynb #ca523c81
@@ -47,10 +47,9 @@ def _check_pixels(pixels, transfer_syntax, photometric, bits_stored) -> int:
         raise ValueError(f"transfer_syntax='jpeg' (JPEG Baseline) holds 8-bit pixels only, not {pixels.dtype} with "
                          f"{bits} bits stored; use 'explicit', 'implicit', 'rle' or 'jpeg2000' for 16-bit images")
     if transfer_syntax == 'jpeg2000':
-        try: import openjpeg  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec('openjpeg') is None:
             raise ImportError("transfer_syntax='jpeg2000' needs the pylibjpeg-openjpeg package "
-                              "(pip install pylibjpeg pylibjpeg-openjpeg)") from None
+                              "(pip install pylibjpeg pylibjpeg-openjpeg)")
     return bits
 
 # %% ../nbs/01_demo.ipynb #c895a38d

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_inference.ipynb #881b4135
 from __future__ import annotations
-import dataclasses, hashlib, io, json, os, time, uuid, warnings
+import dataclasses, hashlib, importlib, importlib.util, io, json, os, time, uuid, warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,8 +290,8 @@ def _export_onnx(module:nn.Module, example:torch.Tensor, path, exporter:str='aut
 
 def _onnx_outputs(path, x:torch.Tensor)->list|None:
     "ONNX Runtime's outputs for `x` on the CPU, or None when onnxruntime is not installed."
-    try: import onnxruntime as ort
-    except ImportError: return None
+    if importlib.util.find_spec('onnxruntime') is None: return None
+    ort = importlib.import_module('onnxruntime')
     sess = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     return [torch.from_numpy(o) for o in sess.run(None, {'image': x.numpy()})]
 

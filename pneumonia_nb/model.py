@@ -15,16 +15,17 @@ import torch.nn.functional as F
 import pytorch_lightning as pl
 from fastcore.basics import patch
 from torchmetrics import MetricCollection
-from torchmetrics.classification import (BinaryAccuracy, BinaryPrecision, BinaryRecall, BinarySpecificity,
-                                         BinaryF1Score, BinaryAUROC, BinaryAveragePrecision)
+from torchmetrics.classification import BinaryAccuracy, BinaryPrecision, BinaryRecall, BinarySpecificity, BinaryF1Score
+from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 
 # %% auto #0
 __all__ = ['build_backbone', 'FocalLoss', 'PneumoniaClassifier', 'load_checkpoint', 'check_weights', 'load_classifier',
            'save_classifier']
 
 # %% ../nbs/04_model.ipynb #92479519
-from .config import (BACKBONES, LOSSES, OPTIMIZERS, SCHEDULERS, CheckpointError, Contract, ModelConfig, OptimConfig,
-                                 RunConfig, atomic_write, read_contract, resolve_device, weights_digest, write_contract)
+from .config import BACKBONES, LOSSES, OPTIMIZERS, SCHEDULERS, CheckpointError, Contract, ModelConfig
+from .config import OptimConfig, RunConfig, atomic_write, read_contract, resolve_device, weights_digest
+from .config import write_contract
 from .config import _KEY as _CONTRACT_KEY
 
 # %% ../nbs/04_model.ipynb #61717d0b

@@ -19,11 +19,12 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision, binary_precision_at_fixed_recall
 from torchvision.utils import make_grid
 
-from .config import (CheckpointError, Contract, PneumoniaError, RunConfig, ThresholdRecord, _interactive, atomic_write,
-                                 encode_patients, output_lock, read_contract, resolve_device, save_config)
+from .config import CheckpointError, Contract, PneumoniaError, RunConfig, ThresholdRecord, _interactive
+from .config import atomic_write, encode_patients, output_lock, read_contract, resolve_device, save_config
 from .preprocessing import load_manifest, load_stats
 from .dataset import PneumoniaDataModule, load_images
 from .model import PneumoniaClassifier, check_weights, load_checkpoint, load_classifier, save_classifier
+from .evaluation import choose_threshold, predict_images, threshold_metrics
 
 # %% auto #0
 __all__ = ['resolve_precision', 'TrainingDiverged', 'AugmentedImages', 'TrainResult', 'train', 'pooled_metrics', 'predict_rows',
@@ -196,7 +197,6 @@ def _classifier(cfg:RunConfig, dm:PneumoniaDataModule, gpu:bool)->PneumoniaClass
 
 def _choose_threshold(model:PneumoniaClassifier, rows, cfg:RunConfig, device)->tuple:
     "(threshold record or None, metrics at it, metrics at 0.5) on `rows`, by `cfg.evaluate`'s rule (see `06_evaluation`)."
-    from pneumonia_nb.evaluation import choose_threshold, predict_images, threshold_metrics
     y = rows.Target.to_numpy(); p = predict_images(model.to(device).eval(), load_images(rows), model.contract)
     ev = cfg.evaluate
     try: value = choose_threshold(y, p, ev.threshold_method, ev.target)
@@ -285,7 +285,6 @@ def predict_rows(checkpoint, # a checkpoint written by `train`
                  rows:pd.DataFrame, # manifest rows (with `path`) to predict
                  device='auto')->np.ndarray:
     "Probabilities for `rows`, in their order, with the checkpoint's own normalisation."
-    from pneumonia_nb.evaluation import predict_images
     model, contract = load_classifier(checkpoint, map_location=device)
     return predict_images(model, load_images(rows), contract)
 

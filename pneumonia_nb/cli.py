@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_cli.ipynb #daaecb02
 from __future__ import annotations
-import argparse, dataclasses, importlib, inspect, re, sys, time, warnings
+import argparse, dataclasses, importlib, sys, time, warnings
 from pathlib import Path
 
 # %% auto #0
@@ -12,6 +12,7 @@ __all__ = ['build_parser', 'main']
 
 # %% ../nbs/08_cli.ipynb #45001a28
 import yaml
+from fastcore.docments import docments
 from jsonargparse import ArgumentParser, Namespace
 from . import __version__
 from .config import DISK_FULL, disk_full_message, refuse_inputs, yaml_problem
@@ -29,17 +30,12 @@ _GROUPS = {'demo': DemoConfig, 'preprocess': PreprocessConfig, 'model': ModelCon
            'hardware': HardwareConfig, 'fit': FitConfig, 'evaluate': EvaluateConfig}
 _TRAINING = list(_GROUPS)
 
-def _field_docs(cls)->dict:
-    "The comment after each field of dataclass `cls`: its documentation."
-    return {m.group(1): m.group(2).strip() for line in inspect.getsource(cls).splitlines()
-            if (m := re.match(r'\s+(\w+)\s*:[^#]*#\s*(.+)$', line))}
-
 def _add_group(p:ArgumentParser, key:str):
     "The options of group `key` as `--key.field`: typed, choices from the types, the field's comment as help."
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         p.add_class_arguments(_GROUPS[key], key, sub_configs=False)
-    docs = _field_docs(_GROUPS[key])
+    docs = docments(_GROUPS[key])   # the comment after each field
     for a in p._actions:
         if a.dest.startswith(key + '.') and (d := docs.get(a.dest[len(key) + 1:])): a.help = d.replace('%', '%%')
         if a.dest == key: a.help = argparse.SUPPRESS   # a file for one group: --config covers them all

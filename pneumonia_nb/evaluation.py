@@ -167,7 +167,7 @@ def _split_rows(cache, split:str, m:pd.DataFrame|None=None)->pd.DataFrame:
     rows = m if split == 'all' else m[m.split == split]
     if rows.empty:
         have = ', '.join(f'{k} {v}' for k, v in m.split.value_counts().items())
-        hint = ' (preprocess with test_frac > 0, or --test-frac, to hold out a test split)' if split == 'test' else ''
+        hint = ' (preprocess with test_frac > 0, or --preprocess.test_frac, to hold out a test split)' if split == 'test' else ''
         raise ValueError(f"{cache}: no rows in split {split!r}; it has {have}{hint}")
     return rows.reset_index(drop=True)
 

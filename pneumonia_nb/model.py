@@ -323,7 +323,7 @@ def load_checkpoint(path, # a checkpoint written by `train`
         if trusted: raise CheckpointError(path, f'not a readable checkpoint ({str(e).splitlines()[0]})') from None
         raise CheckpointError(path, 'holds objects beyond tensors and plain containers, so reading it would run code '
                               f'from the file ({_unsafe_global(e)}). Load it only if you trust its source '
-                              '(trusted=True, or --trust-checkpoint on the command line).') from None
+                              '(trusted=True, or --trust_checkpoint on the command line).') from None
     except (RuntimeError, EOFError, OSError) as e:
         raise CheckpointError(path, f'not a readable checkpoint, the file may be truncated or not a PyTorch file ({type(e).__name__}: {e})') from None
 

@@ -214,6 +214,7 @@ def train(cache, # cache folder written by `preprocess`
           progress:bool=True, # progress bar
           log_images:bool=True, # log a grid of augmented images to TensorBoard
           limit_batches:int|float|None=None, # use only this many batches per epoch (quick checks)
+          callbacks:list|None=None, # more Lightning callbacks (e.g. `tune`'s pruning of a bad trial)
           **overrides, # fields of `config` to change, by name (e.g. epochs=3, lr=3e-4)
          )->TrainResult:
     "Train a `PneumoniaClassifier` on a cache; keep the best and the last checkpoint; choose and store the operating threshold."
@@ -224,9 +225,9 @@ def train(cache, # cache folder written by `preprocess`
     if ckpt_path is not None and not Path(ckpt_path).exists(): raise FileNotFoundError(f'{ckpt_path}: no checkpoint to resume from')
     if ckpt_path is not None: _check_resume(ckpt_path, cfg)
     with output_lock(out, 'another train run') if _first_process() else nullcontext():
-        return _train(cache, out, cfg, ckpt_path, progress, log_images, limit_batches, t0)
+        return _train(cache, out, cfg, ckpt_path, progress, log_images, limit_batches, t0, callbacks or [])
 
-def _train(cache, out:Path, cfg:RunConfig, ckpt_path, progress, log_images, limit_batches, t0)->TrainResult:
+def _train(cache, out:Path, cfg:RunConfig, ckpt_path, progress, log_images, limit_batches, t0, extra:list)->TrainResult:
     o, h = cfg.optim, cfg.hardware
     pl.seed_everything(cfg.fit.seed, workers=True, verbose=False)
     gpu = _on_gpu(h.accelerator)
@@ -236,7 +237,7 @@ def _train(cache, out:Path, cfg:RunConfig, ckpt_path, progress, log_images, limi
     best_cb = ModelCheckpoint(dirpath=out/'checkpoints', filename='best', monitor='val/auroc', mode='max', save_weights_only=True,
                               auto_insert_metric_name=False, enable_version_counter=False)
     last_cb = ModelCheckpoint(dirpath=out/'checkpoints', filename='last', monitor=None, save_top_k=1, enable_version_counter=False)
-    callbacks = [best_cb, last_cb, LearningRateMonitor('step'), _StopOnNonFinite()]
+    callbacks = [best_cb, last_cb, LearningRateMonitor('step'), _StopOnNonFinite(), *extra]
     if log_images: callbacks.append(AugmentedImages())
     if o.early_stopping: callbacks.append(EarlyStopping('val/auroc', mode='max', patience=o.early_stopping))
     if progress: callbacks.append(_progress_callback(len(dm.train_rows), o.batch_size))

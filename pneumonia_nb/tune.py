@@ -6,7 +6,8 @@
 from __future__ import annotations
 
 # %% auto #0
-__all__ = ['SEARCHABLE', 'DEFAULT_SPACE', 'parse_space', 'PruneTrial', 'open_storage', 'TuneResult', 'tune', 'trials_frame']
+__all__ = ['SEARCHABLE', 'DEFAULT_SPACE', 'parse_space', 'PruneTrial', 'open_storage', 'TuneResult', 'tune', 'trials_frame',
+           'compare_recipes', 'comparison_table']
 
 # %% ../nbs/10_tune.ipynb #1cef777d
 import dataclasses, datetime, hashlib, importlib, io, json, math, os, shutil, socket, time, typing
@@ -37,6 +38,9 @@ import optuna
 
 # %% ../nbs/10_tune.ipynb #177f92fe
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+# %% ../nbs/10_tune.ipynb #6cd843d8
+from filelock import FileLock
 
 # %% ../nbs/10_tune.ipynb #7ee479d1
 from pytorch_lightning.callbacks import Callback
@@ -244,8 +248,9 @@ class _Objective:
     folds: list
     prune: bool
     say: typing.Callable
+    ran: int = 0 # trials this objective has started
     def __call__(self, trial)->float:
-        t0 = time.time()
+        t0, self.ran = time.time(), self.ran + 1
         trial.set_user_attr(_WORKER, _worker())
         params = {k: _suggest(trial, k, d) for k, d in self.space.items()}
         cfg = _apply(self.base, params, f'trial {trial.number}')
@@ -341,17 +346,16 @@ def tune(cache, # cache folder written by `preprocess`; its test split is kept o
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=5)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2) if prune else optuna.pruners.NopPruner()
-    st = optuna.create_study(study_name=study, storage=store, direction='maximize', load_if_exists=True, sampler=sampler, pruner=pruner)
-    _check_setup(st, _setup(space, base, rows, use), where)
     say = (lambda msg: print(f'{datetime.datetime.now():%H:%M:%S}  {msg}', flush=True)) if progress else (lambda msg: None)
-    gone = _fail_orphans(st)
-    if gone: say(f'marked failed: trial {", ".join(map(str, gone))} (its process on this machine is gone)')
-    if not st.trials: st.enqueue_trial(_start_params(base, space), skip_if_exists=True)
-    before = len(st.trials)
-    st.optimize(_Objective(cache, out, base, space, use, prune, say), n_trials=trials, timeout=timeout, catch=(TrainingDiverged,),
-                gc_after_trial=True)
-    ran = len([t for t in st.get_trials(deepcopy=False) if t.user_attrs.get(_WORKER) == _worker()])
-    return _results(st, base, space, cache, out, where, final, say, ran, t0)
+    with FileLock(out/'.study.lock'):   # processes starting together: one creates the study and queues trial 0
+        st = optuna.create_study(study_name=study, storage=store, direction='maximize', load_if_exists=True, sampler=sampler, pruner=pruner)
+        _check_setup(st, _setup(space, base, rows, use), where)
+        gone = _fail_orphans(st)
+        if gone: say(f'marked failed: trial {", ".join(map(str, gone))} (its process on this machine is gone)')
+        if not st.trials: st.enqueue_trial(_start_params(base, space), skip_if_exists=True)
+    objective = _Objective(cache, out, base, space, use, prune, say)
+    st.optimize(objective, n_trials=trials, timeout=timeout, catch=(TrainingDiverged,), gc_after_trial=True)
+    return _results(st, base, space, cache, out, where, final, say, objective.ran, t0)
 
 # %% ../nbs/10_tune.ipynb #01e8b0c0
 def _cap_epochs(cfg:RunConfig, epochs:int)->RunConfig:
@@ -466,7 +470,8 @@ def _report(res:TuneResult, space:dict, notes:dict, st)->str:
              + ('' if res.start_value is None else f'; the starting configuration (trial 0): {res.start_value:.4f}') + '.',
              'The best of many noisy trials is optimistic: the test split below is the number to quote.', '',
              '| option | best value | importance |', '|---|---|---|']
-    lines += [f'| `{k}` | {res.best_params.get(k)} | {imp[k]:.2f} |' if k in imp else f'| `{k}` | {res.best_params.get(k)} | |' for k in space]
+    shown = lambda v: f'{v:.3g}' if isinstance(v, float) else str(v)
+    lines += [f'| `{k}` | {shown(res.best_params.get(k))} | ' + (f'{imp[k]:.2f}' if k in imp else '') + ' |' for k in space]
     lines += ['', f'`train --config {res.best_config.name}` replays the best configuration.', '', '## On the held-out test split', '']
     if res.final is None: lines.append('Not checked: no test split in the cache, or final check turned off.')
     else:
@@ -476,3 +481,57 @@ def _report(res:TuneResult, space:dict, notes:dict, st)->str:
     for name, title in (('history.png', 'Optimisation history'), ('importances.png', 'Option importances (fANOVA)'), ('slices.png', 'Objective by option')):
         lines.append(f'![{title}]({name})' if notes.get(name) is None else f'{title}: {notes[name]}')
     return '\n'.join(lines) + '\n'
+
+# %% ../nbs/10_tune.ipynb #da446ba2
+def _compare_job(job:tuple)->dict:
+    "One recipe, one seed, one protocol; the result is written to the job's folder and returned."
+    protocol, name, cfg_dict, seed, cache, out = job
+    done = Path(out)/'result.json'
+    if done.is_file(): return json.loads(done.read_text())
+    warnings.simplefilter('ignore')
+    cfg = config_from_dict(cfg_dict, name).override(seed=seed)
+    t0 = time.time()
+    if protocol == 'cv':
+        cv = importlib.import_module('pneumonia_nb.training').cross_validate(cache, out, cfg, select='last', progress=False, log_images=False)
+        r = {k: float(v) for k, v in cv.pooled.items() if not k.startswith('threshold')}
+    else:
+        t = train(cache, Path(out)/'train', cfg, progress=False, log_images=False)
+        ev = evaluate(t.best_checkpoint or t.last_checkpoint, cache, Path(out)/'evaluation', split='test', cam=False, progress=False,
+                      n_resamples=cfg.evaluate.bootstrap)
+        r = {'auroc': float(ev.metrics.loc['auroc'].value), 'ap': float(ev.metrics.loc['average_precision'].value),
+             'val_auroc': float(t.metrics.get('val/auroc', float('nan'))), 'test_patients': len(ev.predictions)}
+    r = dict(recipe=name, seed=seed, protocol=protocol, minutes=round((time.time() - t0) / 60, 2), **r)
+    atomic_write(done, json.dumps(r, indent=2))
+    return r
+
+def compare_recipes(cache, # cache folder written by `preprocess` ('holdout' needs a test split)
+                    out, # output folder: <protocol>/<recipe>/seed_<s>/
+                    recipes:dict, # {name: RunConfig}
+                    seeds=(0, 1, 2), # one run of each recipe per seed
+                    protocol:str='cv', # 'cv': pooled out-of-fold metrics; 'holdout': train, choose on validation, report on the test split
+                    processes:int=1, # runs at once (separate processes)
+                    progress:bool=True)->pd.DataFrame:
+    "Each recipe with each seed under one protocol: one row per run."
+    if protocol not in ('cv', 'holdout'): raise ConfigError('protocol', f"must be 'cv' or 'holdout', not {protocol!r}")
+    cache, out = Path(cache), Path(out)
+    if protocol == 'holdout' and not (load_manifest(cache).split == 'test').any(): raise ConfigError(cache, "'holdout' needs a cache with a test split")
+    jobs = [(protocol, n, dataclasses.replace(c, cache=str(cache.resolve()), data=None).to_dict(), s, str(cache), str(out/protocol/n/f'seed_{s}'))
+            for s in seeds for n, c in recipes.items()]
+    say = (lambda r: print(f'{datetime.datetime.now():%H:%M:%S}  {r["protocol"]} {r["recipe"]} seed {r["seed"]}: AUROC {r["auroc"]:.4f} ({r["minutes"]} min)', flush=True)) if progress else (lambda r: None)
+    rows = []
+    if processes <= 1:
+        for j in jobs: rows.append(_compare_job(j)); say(rows[-1])
+    else:
+        ctx = importlib.import_module('multiprocessing').get_context('spawn')
+        futures = importlib.import_module('concurrent.futures')
+        with futures.ProcessPoolExecutor(processes, mp_context=ctx) as ex:
+            for f in futures.as_completed([ex.submit(_compare_job, j) for j in jobs]): rows.append(f.result()); say(rows[-1])
+    return pd.DataFrame(rows).sort_values(['recipe', 'seed']).reset_index(drop=True)
+
+def comparison_table(runs:pd.DataFrame, # rows of `compare_recipes`
+                     metrics=('auroc', 'ap'))->pd.DataFrame:
+    "Mean and standard deviation over seeds of each recipe's metrics."
+    cols = [m for m in metrics if m in runs]
+    t = runs.groupby('recipe')[cols].agg(['mean', 'std'])
+    t.columns = [f'{m} {s}' for m, s in t.columns]
+    return t.assign(seeds=runs.groupby('recipe').seed.nunique()).round(4)

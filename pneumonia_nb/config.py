@@ -239,26 +239,37 @@ class OptimConfig:
 
 @dataclass
 class AugmentConfig:
-    "Training augmentation: a random affine, then a random resized crop, then an optional horizontal flip"
+    "Training augmentation: per image, intensity changes, a random affine, a random resized crop and an optional flip; per batch, mixup or cutmix"
     enabled:bool=True # False: no augmentation at all
     degrees:float=5.0 # rotation drawn uniformly in ±degrees
     translate:Union[float, tuple[float, float]]=0.05 # a number t is the original's translate=(0, t), vertical shifts only; or (horizontal, vertical)
     scale:tuple[float, float]=(0.9, 1.1) # zoom of the affine, drawn uniformly
     crop_scale:tuple[float, float]=(0.35, 1.0) # area of the random crop as a fraction of the image, drawn uniformly
     crop_ratio:tuple[float, float]=(3/4, 4/3) # aspect ratio (width/height) of the crop, drawn log-uniformly
-    hflip:float=0.0 # probability of a horizontal flip
+    hflip:float=0.0 # probability of a horizontal flip (off by default: a flipped chest puts the heart on the right)
     interpolation:Literal['nearest', 'bilinear']='nearest' # resampling of the affine ('nearest' is torchvision's default, as in the original)
+    brightness:float=0.0 # add a shift drawn uniformly in ±brightness, as a fraction of the intensity range (0: off)
+    contrast:float=0.0 # scale the contrast around the image's mean by a factor drawn uniformly in [1-contrast, 1+contrast] (0: off; below 1)
+    gamma:float=0.0 # gamma correction x**g, g drawn log-uniformly in [1/(1+gamma), 1+gamma] (0: off)
+    clahe:float=0.0 # probability of CLAHE, local contrast equalisation (clip limit 2, 8×8 tiles; 0: off; below 1)
+    mixup:float=0.0 # mixup of whole training batches: Beta(mixup, mixup) parameter of the mixing weight (0: off)
+    cutmix:float=0.0 # cutmix of whole training batches: Beta(cutmix, cutmix) parameter of the kept area (0: off); with mixup too, one of the two per batch at random
     def __post_init__(self):
         for n in ('translate', 'scale', 'crop_scale', 'crop_ratio'):
             v = getattr(self, n)
             if isinstance(v, list): setattr(self, n, tuple(v))   # from YAML
-        _positive('augment', self, 'degrees', minimum=0); _fraction('augment', self, 'hflip')
+        _positive('augment', self, 'degrees', 'brightness', 'gamma', 'mixup', 'cutmix', minimum=0)
+        for n in ('hflip', 'contrast', 'clahe'): _fraction('augment', self, n)
         _check('augment', 'crop_scale', 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, f'must be (low, high) with 0 < low <= high <= 1, not {self.crop_scale}')
     @property
     def translate_xy(self)->tuple:
         "(horizontal, vertical) maximum shift, as fractions of the width and height."
         t = self.translate
         return (0.0, float(t)) if isinstance(t, (int, float)) else (float(t[0]), float(t[1]))
+    @property
+    def changes_intensity(self)->bool:
+        "Whether any of brightness, contrast, gamma and CLAHE is on."
+        return any(v > 0 for v in (self.brightness, self.contrast, self.gamma, self.clahe))
 
 @dataclass
 class HardwareConfig:

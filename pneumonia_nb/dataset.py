@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import pytorch_lightning as pl
 import kornia.augmentation as K
+import kornia.enhance as KE
 from fastcore.basics import patch
 
 # %% auto #0
@@ -24,12 +25,41 @@ __all__ = ['cpu_transforms', 'load_images', 'CacheDataset', 'GpuNormalize', 'gpu
 # %% ../nbs/03_dataset.ipynb #f3a7f0c3
 from .config import AugmentConfig, normalise
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torchvision import tv_tensors
 from torchvision.datasets import DatasetFolder
 from torchvision.transforms import v2, InterpolationMode
 from .preprocessing import load_manifest, load_stats
 
 # %% ../nbs/03_dataset.ipynb #6a0626f7
 from .config import progress_bar
+
+# %% ../nbs/03_dataset.ipynb #b94e58e1
+_CLAHE_CLIP, _CLAHE_TILES = 2.0, 8
+
+def _uniform(n:int, lo:float, hi:float, device)->torch.Tensor:
+    "`n` draws uniform in [lo, hi), shaped (n,1,1,1) to act on a batch."
+    return torch.rand(n, 1, 1, 1, device=device) * (hi - lo) + lo
+
+def _clahe(x:torch.Tensor)->torch.Tensor:
+    "kornia's CLAHE of (B,1,H,W) intensities in [0,1]: clip limit 2, 8×8 tiles (fewer on images under 16 pixels)."
+    grid = tuple(max(1, min(_CLAHE_TILES, s // 2)) for s in x.shape[-2:])
+    return KE.equalize_clahe(x, _CLAHE_CLIP, grid)
+
+def _intensity(x:torch.Tensor, # (B,1,H,W) intensities in [0,1]
+               aug:AugmentConfig, # its brightness, contrast, gamma and clahe
+              )->torch.Tensor:
+    "`aug`'s intensity changes, drawn per image: CLAHE, gamma, contrast, brightness, each clamped to [0, 1]."
+    n, dev = x.shape[0], x.device
+    x = x.clamp(0, 1)
+    if aug.clahe > 0:
+        on = torch.rand(n, 1, 1, 1, device=dev) < aug.clahe
+        if dev.type != 'cpu' or on.any(): x = torch.where(on, _clahe(x), x)   # on a GPU the whole batch: no host sync
+    if aug.gamma > 0: x = x.pow(torch.exp(_uniform(n, -1, 1, dev) * math.log1p(aug.gamma)))
+    if aug.contrast > 0:
+        mean = x.mean((-2, -1), keepdim=True)
+        x = (mean + _uniform(n, 1 - aug.contrast, 1 + aug.contrast, dev) * (x - mean)).clamp(0, 1)
+    if aug.brightness > 0: x = (x + _uniform(n, -aug.brightness, aug.brightness, dev)).clamp(0, 1)
+    return x
 
 # %% ../nbs/03_dataset.ipynb #a768adc8
 _INTERP = {'nearest': InterpolationMode.NEAREST, 'bilinear': InterpolationMode.BILINEAR}
@@ -47,6 +77,14 @@ def _cpu_crop(size:int, aug:AugmentConfig)->v2.Transform:
     "torchvision's RandomResizedCrop to size×size with the settings of `aug`."
     return v2.RandomResizedCrop((size, size), scale=tuple(aug.crop_scale), ratio=tuple(aug.crop_ratio), antialias=True)
 
+class _CpuIntensity(nn.Module):
+    "`_intensity` of one 1×H×W image in [0,1] (a torchvision `Image` or a tensor): a step of `cpu_transforms`."
+    def __init__(self, aug:AugmentConfig): super().__init__(); self.aug = aug
+    def forward(self, x):
+        out = _intensity(x.as_subclass(torch.Tensor)[None], self.aug)[0]
+        return tv_tensors.wrap(out, like=x) if isinstance(x, tv_tensors.TVTensor) else out
+    def extra_repr(self): return ', '.join(f'{k}={getattr(self.aug, k)}' for k in ('brightness', 'contrast', 'gamma', 'clahe'))
+
 def cpu_transforms(size:int|None, # side of the output; None keeps the input's size (without augmentation)
                    mean:float, # normalisation mean, of pixel values / 255
                    std:float, # normalisation standard deviation
@@ -56,6 +94,7 @@ def cpu_transforms(size:int|None, # side of the output; None keeps the input's s
     tfms = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize([mean], [std])]
     if aug is not None and aug.enabled:
         if size is None: raise ValueError('augmentation needs an output size')
+        if aug.changes_intensity: tfms.insert(2, _CpuIntensity(aug))   # on the intensities in [0, 1], before Normalize
         tfms += [_cpu_affine(aug), _cpu_crop(size, aug)] + ([v2.RandomHorizontalFlip(aug.hflip)] if aug.hflip > 0 else [])
     elif size is not None: tfms.append(v2.Resize((size, size), antialias=True))
     return v2.Compose(tfms + [v2.ToPureTensor()])
@@ -123,6 +162,14 @@ class _Resize(nn.Module):
         if x.shape[-2:] == (self.size, self.size): return x
         return F.interpolate(x, size=(self.size, self.size), mode='bilinear', antialias=True, align_corners=False)
 
+class _GpuIntensity(nn.Module):
+    "`_intensity` of a normalised batch: back to intensities in [0,1] with `mean` and `std`, changed, normalised again."
+    def __init__(self, mean:float, std:float, aug:AugmentConfig):
+        super().__init__(); self.mean, self.std, self.aug = float(mean), float(std), aug
+    def forward(self, x:torch.Tensor)->torch.Tensor:
+        return (_intensity(x * self.std + self.mean, self.aug) - self.mean) / self.std
+    def extra_repr(self): return ', '.join(f'{k}={getattr(self.aug, k)}' for k in ('brightness', 'contrast', 'gamma', 'clahe'))
+
 def gpu_augment(size:int, # side of the output
                 mean:float, # normalisation mean (used for uint8 input)
                 std:float, # normalisation std (used for uint8 input)
@@ -131,6 +178,7 @@ def gpu_augment(size:int, # side of the output
     "Batch augmentation on the device: (B,1,H,W) normalised float (or uint8) -> augmented (B,1,size,size), parameters per sample."
     steps = [GpuNormalize(mean, std)]
     if aug is not None and aug.enabled:
+        if aug.changes_intensity: steps.append(_GpuIntensity(mean, std, aug))
         steps += [_gpu_affine(aug), _gpu_crop(size, aug)] + ([K.RandomHorizontalFlip(p=aug.hflip)] if aug.hflip > 0 else [])
     else: steps.append(_Resize(size))
     return nn.Sequential(*steps)

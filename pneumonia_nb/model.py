@@ -19,8 +19,8 @@ from torchmetrics.classification import BinaryAccuracy, BinaryPrecision, BinaryR
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 
 # %% auto #0
-__all__ = ['build_backbone', 'FocalLoss', 'PneumoniaClassifier', 'load_checkpoint', 'check_weights', 'load_classifier',
-           'save_classifier']
+__all__ = ['build_backbone', 'FocalLoss', 'mix_batch', 'PneumoniaClassifier', 'load_checkpoint', 'check_weights',
+           'load_classifier', 'save_classifier']
 
 # %% ../nbs/04_model.ipynb #92479519
 from .config import BACKBONES, LOSSES, OPTIMIZERS, SCHEDULERS, CheckpointError, Contract, ModelConfig
@@ -163,16 +163,44 @@ class FocalLoss(nn.Module):
         self.alpha, self.gamma, self.reduction = alpha, gamma, reduction
         self.register_buffer('pos_weight', None if pos_weight is None else torch.tensor(float(pos_weight)), persistent=False)
 
-    def forward(self, logits, target):
+    def forward(self, logits, target): # target: 0/1, or soft targets in [0, 1]
         logits, target = logits.float(), target.float()
-        ce = F.binary_cross_entropy_with_logits(logits, target, reduction='none', pos_weight=self.pos_weight)
         p = torch.sigmoid(logits)
-        p_t = p*target + (1-p)*(1-target)
-        loss = ce * (1-p_t)**self.gamma
-        if self.alpha is not None: loss = loss * (self.alpha*target + (1-self.alpha)*(1-target))
+        pos = -F.logsigmoid(logits) * (1-p)**self.gamma    # the loss if the image is positive...
+        neg = -F.logsigmoid(-logits) * p**self.gamma       # ...and if it is negative
+        if self.pos_weight is not None: pos = pos * self.pos_weight
+        if self.alpha is not None: pos, neg = pos * self.alpha, neg * (1-self.alpha)
+        loss = target*pos + (1-target)*neg
         return loss.mean() if self.reduction == 'mean' else loss.sum() if self.reduction == 'sum' else loss
 
     def extra_repr(self): return f'alpha={self.alpha}, gamma={self.gamma}, pos_weight={self.pos_weight}'
+
+# %% ../nbs/04_model.ipynb #e5671205
+def _beta(alpha:float)->float:
+    "A draw from Beta(alpha, alpha), with torch's generator."
+    a = torch.tensor(float(alpha))
+    return float(torch.distributions.Beta(a, a).sample())
+
+def mix_batch(x:torch.Tensor, # (B,C,H,W) images, on any device
+              y:torch.Tensor, # (B,) float targets, on the same device
+              mixup:float=0.0, # α of mixup's Beta(α, α); 0: off
+              cutmix:float=0.0, # α of cutmix's Beta(α, α); 0: off
+             )->tuple: # (x, soft y, lam, perm): image i keeps the share lam of itself and takes the rest from image perm[i]
+    "Mixup or cutmix of a whole batch (one of the two at random when both are on); targets become `lam*y + (1-lam)*y[perm]`."
+    n = len(y)
+    if mixup <= 0 and cutmix <= 0: return x, y, 1.0, torch.arange(n, device=y.device)
+    cut = cutmix > 0 and (mixup <= 0 or bool(torch.rand(()) < 0.5))
+    lam = _beta(cutmix if cut else mixup)
+    perm = torch.randperm(n).to(y.device)   # drawn on the host: the same stream on every device
+    if cut:
+        h, w = x.shape[-2:]
+        ch, cw = round(h * math.sqrt(1 - lam)), round(w * math.sqrt(1 - lam))
+        cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+        y0, y1, x0, x1 = max(cy - ch//2, 0), min(cy + ch - ch//2, h), max(cx - cw//2, 0), min(cx + cw - cw//2, w)
+        x = x.clone(); x[..., y0:y1, x0:x1] = x[perm, ..., y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+    else: x = lam * x + (1 - lam) * x[perm]
+    return x, lam * y + (1 - lam) * y[perm], lam, perm
 
 # %% ../nbs/04_model.ipynb #e84de62e
 def _warmup_cosine(step:int, warmup:int, total:int) -> float:
@@ -210,10 +238,14 @@ class PneumoniaClassifier(pl.LightningModule):
                  channels_last:bool=False, # channels-last memory format for model and inputs
                  compile:bool=False, # `torch.compile` the backbone
                  threshold:float=0.5, # probability threshold of accuracy, precision, recall, specificity and F1
+                 mixup:float|None=None, # α of mixup on training batches (0: off); None: `run_config.augment.mixup` once `train` has set it, else off
+                 cutmix:float|None=None, # α of cutmix on training batches (0: off); None: `run_config.augment.cutmix` once `train` has set it, else off
                 ):
         super().__init__()
         for arg, val, ok in [('loss', loss, LOSSES), ('optimizer', optimizer, OPTIMIZERS), ('scheduler', scheduler, SCHEDULERS)]:
             if val not in ok: raise ValueError(f"{arg} must be one of {ok}, got {val!r}")
+        for arg, val in (('mixup', mixup), ('cutmix', cutmix)):
+            if val is not None and not val >= 0: raise ValueError(f"{arg} must be at least 0 (0: off) or None, got {val!r}")
         self.backbone, self.backbone_info = build_backbone(backbone, pretrained, weights_path)
         pretrained = self.backbone_info['pretrained']  # record what happened, not what was asked
         self.save_hyperparameters()
@@ -233,11 +265,27 @@ class PneumoniaClassifier(pl.LightningModule):
 
 # %% ../nbs/04_model.ipynb #c81d75c6
 @patch
+def _mixing(self:PneumoniaClassifier)->tuple:
+    "(mixup, cutmix) α's of training batches: the model's own, else the run configuration's, else (0, 0)."
+    aug = getattr(self.run_config, 'augment', None)
+    def value(name):
+        v = self.hparams.get(name)
+        if v is not None: return float(v)
+        return float(getattr(aug, name, 0.0)) if aug is not None and aug.enabled else 0.0
+    return value('mixup'), value('cutmix')
+
+@patch
 def _step(self:PneumoniaClassifier, batch, stage:str):
     x, y = batch[0], batch[1].float()
-    if stage == 'train' and self.batch_transform is not None: x = self.batch_transform(x)
+    target = y
+    if stage == 'train':
+        if self.batch_transform is not None: x = self.batch_transform(x)
+        mixup, cutmix = self._mixing()
+        if mixup > 0 or cutmix > 0:
+            x, target, lam, perm = mix_batch(x, y, mixup, cutmix)
+            if lam < 0.5: y = y[perm]   # the metrics: the label of the larger part
     logits = self(x)
-    loss = self.loss_fn(logits, y)
+    loss = self.loss_fn(logits, target)
     metrics = getattr(self, f'{stage}_metrics')
     metrics.update(torch.sigmoid(logits.detach().float()), y.long())
     bs = x.shape[0]

@@ -73,6 +73,12 @@ DEFAULT_SPACE = {
     'model.backbone': dict(choices=['resnet18', 'resnet34']),
     'augment.degrees': dict(low=0.0, high=15.0),
     'augment.hflip': dict(choices=[0.0, 0.5]),
+    'augment.brightness': dict(low=0.0, high=0.2),
+    'augment.contrast': dict(low=0.0, high=0.3),
+    'augment.gamma': dict(low=0.0, high=0.3),
+    'augment.clahe': dict(choices=[0.0, 0.5]),
+    'augment.mixup': dict(choices=[0.0, 0.2, 0.4]),
+    'augment.cutmix': dict(choices=[0.0, 1.0]),
 }
 
 # %% ../nbs/10_tune.ipynb #d13815c6

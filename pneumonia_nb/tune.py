@@ -393,10 +393,11 @@ def _holds(d, v)->bool:
 
 # %% ../nbs/10_tune.ipynb #a67df044
 def trials_frame(study)->pd.DataFrame:
-    "One row per trial: number, state, value (pooled out-of-fold AUROC), options, seconds, worker, failure."
+    "One row per trial: number, state, value (pooled out-of-fold AUROC, finished trials only), options, seconds, worker, failure."
     rows = []
     for t in study.get_trials(deepcopy=False):
-        rows.append({'number': t.number, 'state': t.state.name, 'value': t.value, **t.params,
+        done = t.state == optuna.trial.TrialState.COMPLETE   # a pruned trial's value is one fold's epoch, not the objective
+        rows.append({'number': t.number, 'state': t.state.name, 'value': t.value if done else None, **t.params,
                      'seconds': t.user_attrs.get('seconds'), 'worker': t.user_attrs.get(_WORKER), 'failure': t.user_attrs.get('failure')})
     return pd.DataFrame(rows)
 
@@ -472,7 +473,7 @@ def _report(res:TuneResult, space:dict, notes:dict, st)->str:
              f'(folds {st.user_attrs["setup"]["folds"]}); the test split is not used by any trial.', '',
              '| trials | complete | pruned | failed | running |', '|---|---|---|---|---|',
              f'| {len(df)} | ' + ' | '.join(str(int((df.state == s).sum())) for s in ('COMPLETE', 'PRUNED', 'FAIL', 'RUNNING')) + ' |', '',
-             f'Best: trial {int(df.loc[df.value.idxmax(), "number"])}, pooled out-of-fold AUROC **{res.best_value:.4f}**'
+             f'Best: trial {st.best_trial.number}, pooled out-of-fold AUROC **{res.best_value:.4f}**'
              + ('' if res.start_value is None else f'; the starting configuration (trial 0): {res.start_value:.4f}') + '.',
              'The best of many noisy trials is optimistic: the test split below is the number to quote.', '',
              '| option | best value | importance |', '|---|---|---|']

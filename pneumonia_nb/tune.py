@@ -49,7 +49,7 @@ from pytorch_lightning.callbacks import Callback
 from .config import ConfigError, PneumoniaError, RunConfig, atomic_write, config_from_dict, save_config, yaml_problem
 
 # %% ../nbs/10_tune.ipynb #4fd2e52c
-from .preprocessing import load_manifest
+from .preprocessing import load_manifest, load_stats
 
 # %% ../nbs/10_tune.ipynb #d789569a
 from .training import TrainingDiverged, pooled_metrics, predict_rows, train
@@ -330,7 +330,7 @@ def tune(cache, # cache folder written by `preprocess`; its test split is kept o
     t0 = time.time()
     cache, out = Path(cache), Path(out)
     base = dataclasses.replace(config or RunConfig(), cache=str(cache.resolve()), data=None)
-    base = base.override(fold=None, cv_folds=None)
+    base = base.override(fold=None, cv_folds=None, size=int(load_stats(cache)['size']))   # the configuration says what it trains on
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1: raise ConfigError('trials', f'must be at least 1, not {trials!r}')
     if final not in ('best', 'both', 'none'): raise ConfigError('final', f"must be 'best', 'both' or 'none', not {final!r}")
     if timeout is not None and not timeout > 0: raise ConfigError('timeout', f'must be a positive number of seconds, not {timeout!r}')

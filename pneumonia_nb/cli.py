@@ -75,10 +75,12 @@ def _preprocess_parser()->ArgumentParser:
 def _train_parser(run:bool=False)->ArgumentParser:
     desc = ('Run the pipeline end to end into OUT: OUT/cache (preprocessing), OUT/train (training), OUT/evaluation (metrics with '
             'confidence intervals, plots, Grad-CAM and report.md on the held-out test split, or the original example\'s protocol '
-            'when there is none).' if run else
+            'when there is none; with --fit.cv_folds K, of the fold models as one ensemble).' if run else
             'Train a ResNet-style classifier with PyTorch Lightning: OUT/config.yaml (replay with --config OUT/config.yaml), best and '
             'last checkpoints in OUT/checkpoints (best.ckpt holds the operating threshold chosen on the validation split), '
-            'TensorBoard logs in OUT/logs, validation metrics in OUT/metrics.json.')
+            'TensorBoard logs in OUT/logs, validation metrics in OUT/metrics.json. With --fit.cv_folds K: one such run per fold in '
+            'OUT/fold_k, the out-of-fold predictions in OUT/oof.csv, the metrics in OUT/cv.json, and OUT/ensemble.json: the fold models '
+            'as one ensemble, with the threshold chosen on the pooled out-of-fold predictions (give OUT to evaluate, predict and export).')
     p = _subparser(desc + ' Without --data or --cache the demo dataset is generated into OUT/demo_data and the demo recipe is used.', _TRAINING)
     p.add_argument('--recipe', type=str, default=None, choices=list(RECIPES), help="starting configuration: 'default', 'original' (the "
                    "original example's: Adam 1e-4 constant, pos_weight 3, batch 64, 35 epochs) or 'demo' (128², 10 epochs of batch 32); "
@@ -90,7 +92,10 @@ def _train_parser(run:bool=False)->ArgumentParser:
     return p
 
 def _checkpoint_options(p:ArgumentParser):
-    p.add_argument('--ckpt', type=str, required=True, help='checkpoint written by pneumonia_nb train (e.g. OUT/checkpoints/best.ckpt)')
+    p.add_argument('--ckpt', type=str, action='append', required=True, help='checkpoint written by pneumonia_nb train (e.g. '
+                   "OUT/checkpoints/best.ckpt). Repeat it for an ensemble that averages the members' probabilities (--ckpt A --ckpt B; "
+                   'it has no threshold of its own), or give the folder that train --fit.cv_folds K wrote, or its ensemble.json: the '
+                   'fold models, at the threshold chosen on their pooled out-of-fold predictions')
     p.add_argument('--trust_checkpoint', action='store_true', help='allow checkpoints that need full unpickling (runs code from the file: trusted sources only)')
 
 def _evaluate_parser()->ArgumentParser:
@@ -98,7 +103,11 @@ def _evaluate_parser()->ArgumentParser:
                    'write OUT/metrics.json, OUT/predictions.csv, the plots as PNG and OUT/report.md. The operating threshold is the one '
                    'stored in the checkpoint, or chosen anew on the validation split with --evaluate.threshold_method (then written to '
                    'OUT/checkpoint.ckpt, never into the checkpoint given). A cache without a test split (--preprocess.split seed, or '
-                   "test_frac 0) is reported with the original example's protocol: its validation split at 0.5, labelled as such.", ['evaluate'])
+                   "test_frac 0) is reported with the original example's protocol: its validation split at 0.5, labelled as such. An "
+                   "ensemble (--ckpt repeated, or a cross-validation folder) is evaluated as one model that averages its members' "
+                   'probabilities, at the threshold of its ensemble.json (chosen on the out-of-fold predictions, where --rechoose also '
+                   'chooses, writing OUT/ensemble.json); a list of checkpoints has none, and one is chosen on the validation split unless '
+                   'members trained on it.', ['evaluate'])
     _checkpoint_options(p)
     _inputs(p, required=True)
     p.add_argument('--cache', type=str, default=None, help='the cache the checkpoint was trained on (its test split is evaluated)')
@@ -106,7 +115,7 @@ def _evaluate_parser()->ArgumentParser:
     p.add_argument('--split', type=str, default=None, choices=['test', 'all', 'original'], help="split to report on (default: 'test' with "
                    "--cache, or 'original' when it has no test split; 'all' with --data)")
     p.add_argument('--rechoose', action='store_true', help='choose the threshold anew on the validation split by --evaluate.threshold_method '
-                   '(default: the stored one)')
+                   "(default: the stored one); for a cross-validation ensemble, on its out-of-fold predictions")
     p.add_argument('--allow_seen', action='store_true', help='report on patients the model trained or chose its threshold on (labelled as optimistic)')
     p.add_argument('--workers', type=int, default=None, help='decoding processes with --data (default: all cores)')
     return p
@@ -114,7 +123,9 @@ def _evaluate_parser()->ArgumentParser:
 def _predict_parser()->ArgumentParser:
     p = _subparser('Predict DICOM files or folders (also PNG/JPEG) with a checkpoint, using the training preprocessing and the '
                    'operating threshold stored in the checkpoint. Writes a CSV with patientId, probability, prediction, threshold, file; '
-                   'unreadable files are listed with the reason (and in OUT_errors.csv) and do not stop the run.', [], config=False)
+                   'unreadable files are listed with the reason (and in OUT_errors.csv) and do not stop the run. With an ensemble, the '
+                   "probability is the mean of the members' and the threshold the ensemble file's (0.5, with a warning, for a list of "
+                   'checkpoints).', [], config=False)
     _checkpoint_options(p)
     p.add_argument('paths', nargs='+', type=str, help='files or folders (searched recursively)')
     p.add_argument('--out', type=str, required=True, help='CSV file to write')
@@ -126,8 +137,9 @@ def _predict_parser()->ArgumentParser:
     return p
 
 def _export_parser()->ArgumentParser:
-    p = _subparser('Export a checkpoint to TorchScript (model.pt) and ONNX (model.onnx) with the input contract (contract.json): the '
-                   'normalisation is inside the exported model.', [], config=False)
+    p = _subparser('Export a checkpoint, or an ensemble as one model that averages its members, to TorchScript (model.pt) and ONNX '
+                   '(model.onnx) with the input contract (contract.json): the normalisation (each member\'s own) is inside the exported '
+                   'model.', [], config=False)
     _checkpoint_options(p)
     p.add_argument('--out', type=str, required=True, help='folder to write')
     p.add_argument('--format', type=list[str], default=list(EXPORT_FORMATS), help=f'formats to write, among {list(EXPORT_FORMATS)}')
@@ -180,7 +192,7 @@ def _train_from(args, cfg:RunConfig, cache, out:Path, resume=None):
     train, cross_validate = _lazy('training', 'train', 'cross_validate')
     if cfg.fit.cv_folds:
         res = cross_validate(cache, out, cfg, progress=_progress(args))
-        print(res.summary()); print(f'out-of-fold predictions  {out/"oof.csv"}')
+        print(res.summary()); print(f'out-of-fold  {out/"oof.csv"}')
     else:
         res = train(cache, out, cfg, resume=resume, progress=_progress(args))
         if res.rank_zero: print(res.summary())   # one summary, not one per DDP process
@@ -190,12 +202,21 @@ def _train(args, cfg:RunConfig):
     out = Path(args.out)
     _train_from(args, cfg, _cache_for(args, cfg, out), out, resume=args.resume)
 
+def _ckpt(args):
+    "--ckpt as the library takes it: one checkpoint, or the list of an ensemble's."
+    return args.ckpt[0] if len(args.ckpt) == 1 else list(args.ckpt)
+
+def _new_checkpoint(out, contract)->Path:
+    "Where evaluate --rechoose writes the model with its new threshold: OUT/checkpoint.ckpt, or OUT/ensemble.json for an ensemble."
+    EnsembleContract, ENSEMBLE_FILE = _lazy('evaluation', 'EnsembleContract', 'ENSEMBLE_FILE')
+    return Path(out)/(ENSEMBLE_FILE if isinstance(contract, EnsembleContract) else 'checkpoint.ckpt')
+
 def _evaluate_from(args, checkpoint, cache, out, cfg:RunConfig, split:str|None=None, method=None):   # split None: evaluate's choice
     evaluate = _lazy('evaluation', 'evaluate')
     ev = cfg.evaluate
     res = evaluate(checkpoint, cache, out, split=split, method=method, target=ev.target, n_resamples=ev.bootstrap, cam=ev.cam,
                    gallery=ev.gallery, progress=_progress(args), allow_seen=getattr(args, 'allow_seen', False),
-                   save_checkpoint=Path(out)/'checkpoint.ckpt' if method else None)
+                   save_checkpoint=_new_checkpoint(out, checkpoint[1]) if method else None)   # with a method, `checkpoint` is loaded
     print(res.summary())
     return res
 
@@ -205,20 +226,25 @@ def _run(args, cfg:RunConfig):
     print('== preprocess'); cache = _cache_for(args, cfg, out)
     print('== train'); res = _train_from(args, cfg, cache, out/'train')
     print('== evaluate')
-    if cfg.fit.cv_folds: print('cross-validation keeps one model per fold: evaluate a checkpoint with pneumonia_nb evaluate'); return
+    if cfg.fit.cv_folds: return _evaluate_from(args, out/'train', cache, out/'evaluation', cfg)   # the fold models, as one ensemble
     if not getattr(res, 'rank_zero', True): return
     _evaluate_from(args, res.best_checkpoint or res.last_checkpoint, cache, out/'evaluation', cfg)
 
 def _evaluate(args, cfg:RunConfig):
-    load_classifier = _lazy('model', 'load_classifier')
+    load_model, checkpoint_files, EnsembleContract = _lazy('evaluation', 'load_model', 'checkpoint_files', 'EnsembleContract')
     preprocess = _lazy('preprocessing', 'preprocess')
     if (args.cache is None) == (args.data is None): raise ConfigError('--cache/--data', 'give one of them: the training cache, or a separate labelled dataset')
-    loaded = load_classifier(args.ckpt, trusted=args.trust_checkpoint, map_location=cfg.evaluate.device)   # read once, fails before any work
+    ckpt = _ckpt(args)
+    loaded = load_model(ckpt, trusted=args.trust_checkpoint, map_location=cfg.evaluate.device)   # read once, fails before any work
     contract, method = loaded[1], cfg.evaluate.threshold_method if args.rechoose else None
-    if method: refuse_inputs([Path(args.out)/'checkpoint.ckpt'], [args.ckpt], 'new checkpoint')   # the model is passed on loaded, without its file
+    if method: refuse_inputs([_new_checkpoint(args.out, contract)], checkpoint_files(ckpt), 'new checkpoint')   # the model is passed on loaded, without its files
     if args.data is not None:
+        if contract.threshold is None and method != 'fixed' and isinstance(contract, EnsembleContract):
+            raise PneumoniaError(contract.name, 'this ensemble has no operating threshold, and a separate dataset has no validation split '
+                                 'to choose one on: give the folder that train --fit.cv_folds K wrote (its ensemble.json holds one), or use '
+                                 '--rechoose --evaluate.threshold_method fixed')
         if contract.threshold is None and method != 'fixed':
-            raise PneumoniaError(args.ckpt, 'no operating threshold stored; choose one on the validation split of the training cache '
+            raise PneumoniaError(ckpt, 'no operating threshold stored; choose one on the validation split of the training cache '
                                  '(pneumonia_nb evaluate --cache CACHE --rechoose ...), or use --rechoose --evaluate.threshold_method fixed')
         res = preprocess(args.data, Path(args.out)/'cache', size=contract.size, workers=args.workers, test_frac=0.0, progress=_progress(args))
         print(res.summary()); cache, split = res.cache, args.split or 'all'
@@ -227,9 +253,10 @@ def _evaluate(args, cfg:RunConfig):
 
 def _predict(args, cfg:RunConfig):
     if args.batch_size < 1: raise ConfigError('--batch_size', f'must be at least 1, not {args.batch_size}')
-    if not Path(args.ckpt).is_file(): raise PneumoniaError(args.ckpt, 'no such checkpoint file')   # before torch is imported
+    for c in args.ckpt:   # before torch is imported
+        if not Path(c).exists(): raise PneumoniaError(c, 'no such checkpoint file or folder')
     predict_files = _lazy('inference', 'predict_files')
-    res = predict_files(args.ckpt, args.paths, out=args.out, batch_size=args.batch_size, device=args.device,
+    res = predict_files(_ckpt(args), args.paths, out=args.out, batch_size=args.batch_size, device=args.device,
                         workers=args.workers, progress=_progress(args), trusted=args.trust_checkpoint, allow_seen=args.allow_seen)
     print(res.summary())
 
@@ -237,7 +264,7 @@ def _export(args, cfg:RunConfig):
     export_model = _lazy('inference', 'export_model')
     bad = [f for f in args.format if f not in EXPORT_FORMATS]
     if bad: raise ConfigError('--format', f'{bad} not among {list(EXPORT_FORMATS)}')
-    print(export_model(args.ckpt, args.out, formats=tuple(args.format), trusted=args.trust_checkpoint).summary())
+    print(export_model(_ckpt(args), args.out, formats=tuple(args.format), trusted=args.trust_checkpoint).summary())
 
 # name: (parser, handler, groups, one line of help)
 _COMMANDS = {'demo': (_demo_parser, _demo, ['demo'], 'write the built-in demo dataset (generated DICOMs in the RSNA layout)'),
@@ -245,7 +272,7 @@ _COMMANDS = {'demo': (_demo_parser, _demo, ['demo'], 'write the built-in demo da
              'train': (_train_parser, _train, _TRAINING, 'train the classifier (on the demo dataset without --data/--cache)'),
              'evaluate': (_evaluate_parser, _evaluate, ['evaluate'], 'metrics with confidence intervals, plots, Grad-CAM and a report'),
              'predict': (_predict_parser, _predict, [], 'predict new studies (DICOM, PNG, JPEG) into a CSV'),
-             'export': (_export_parser, _export, [], 'export a checkpoint to TorchScript and ONNX'),
+             'export': (_export_parser, _export, [], 'export a checkpoint (or an ensemble) to TorchScript and ONNX'),
              'run': (lambda: _train_parser(run=True), _run, _TRAINING, 'all stages end to end (on the demo dataset without --data)')}
 
 # %% ../nbs/08_cli.ipynb #90b15a2a
@@ -256,6 +283,8 @@ _EXAMPLES = '''examples:
   pneumonia_nb train --config run/config.yaml --out run2  # replay a run
   pneumonia_nb evaluate --ckpt run/checkpoints/best.ckpt --cache cache --out report
   pneumonia_nb predict --ckpt run/checkpoints/best.ckpt scans/ --out predictions.csv
+  pneumonia_nb train --cache cache --out cv --fit.cv_folds 5   # five fold models, and cv/ensemble.json
+  pneumonia_nb evaluate --ckpt cv --cache cache --out report_cv  # the five as one ensemble
   pneumonia_nb train --help                               # every option of a command
 
 exit status: 0 done (a batch that skipped unreadable files says so and still exits 0; they are listed in its

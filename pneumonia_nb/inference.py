@@ -18,10 +18,13 @@ from torch.utils.data import DataLoader, Dataset
 from .config import CheckpointError, PneumoniaError, atomic_write, normalise, output_lock, refuse_inputs
 from .preprocessing import DicomError, MAX_PIXELS, _link_problem, read_dicom, resize_image, write_csv
 from .model import load_classifier
+from .evaluation import Ensemble, EnsembleContract, checkpoint_files, load_model, mean_probability_logit, single_checkpoint
+from .evaluation import _NO_ENSEMBLE_THRESHOLD
 
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'PREDICTION_COLUMNS', 'EXPORT_FORMATS', 'ImageError', 'read_image', 'expand_paths',
-           'PredictionResult', 'predict_files', 'ExportedClassifier', 'ExportResult', 'export_model']
+           'PredictionResult', 'predict_files', 'ExportedClassifier', 'ExportedEnsemble', 'ExportResult',
+           'export_model']
 
 # %% ../nbs/07_inference.ipynb #1f788cef
 from .config import progress_bar
@@ -130,15 +133,18 @@ def _collate(items:list)->dict:
 
 # %% ../nbs/07_inference.ipynb #c2ba0d80
 def _threshold(contract:Contract, path)->tuple:
-    "(threshold, where it came from): the checkpoint's stored threshold, or 0.5 with a warning."
-    t = contract.threshold
+    "(threshold, where it came from): the checkpoint's (or the ensemble file's) stored threshold, or 0.5 with a warning."
+    t, ensemble = contract.threshold, isinstance(contract, EnsembleContract)
+    if t is None and ensemble:
+        warnings.warn(f'{path}: {_NO_ENSEMBLE_THRESHOLD}. Until then predictions use 0.5, which was not chosen for it.', UserWarning, stacklevel=3)
+        return 0.5, 'default: the ensemble has none'
     if t is None:
         warnings.warn(f'{path}: no operating threshold is stored in this checkpoint, so predictions use 0.5, which was '
                       'not chosen for this model. Use the best.ckpt that train wrote (it holds the threshold chosen on the '
                       'validation split), or run `pneumonia_nb evaluate --rechoose`, which writes a checkpoint with one.', UserWarning, stacklevel=3)
         return 0.5, 'default: none stored in the checkpoint'
     how = t.method + (f' {t.target}' if t.target is not None else '')
-    return t.value, f'checkpoint: {how} on the {t.split} split (n={t.n})'   # `read_contract` checked it is in [0, 1]
+    return t.value, f'{"ensemble file" if ensemble else "checkpoint"}: {how} on the {t.split} split (n={t.n})'   # checked to be in [0, 1] when read
 
 # %% ../nbs/07_inference.ipynb #a27c359e
 @dataclass
@@ -148,17 +154,18 @@ class PredictionResult:
     failed: list # (file, error) of each file that could not be read, in input order
     threshold: float # the operating threshold used
     threshold_source: str # where it came from
-    checkpoint: Path
+    checkpoint: Path|list # the checkpoint; for an ensemble its ensemble file, or its member checkpoints
     device: str
     out: Path|None # the CSV written, if any
     errors_file: Path|None # the errors CSV written, if any
     seconds: float
     seen: int = 0 # images of patients the model trained on or chose its threshold on (predicted only with `allow_seen`)
+    model: str = '' # the model in words, when it is an ensemble
     def summary(self)->str:
         n, pos = len(self.predictions), int(self.predictions.prediction.sum())
         s = [f'NOTE: {self.seen} of these images are of patients this model trained on or chose its threshold on (column '
              'seen_by_model): their predictions are optimistic'] if self.seen else []
-        s += [f'predicted  {n} image(s) with {self.checkpoint} on {self.device}',
+        s += [f'predicted  {n} image(s) with {self.model or self.checkpoint} on {self.device}',
              f'positive   {pos} ({pos/max(n, 1):.1%}) at threshold {self.threshold:.4g} ({self.threshold_source})']
         if self.failed:
             s.append(f'failed     {len(self.failed)} file(s) could not be read' + (f', listed in {self.errors_file}' if self.errors_file else '') + ':')
@@ -197,7 +204,7 @@ def _check_seen(contract, df:pd.DataFrame, checkpoint, allow_seen:bool)->np.ndar
     return seen
 
 # %% ../nbs/07_inference.ipynb #ecf73bee
-def predict_files(checkpoint, # a checkpoint written by `train`: its contract gives size, normalisation, threshold
+def predict_files(checkpoint, # a checkpoint written by `train` (its contract gives size, normalisation, threshold), or an ensemble: several checkpoints, an ensemble file or the folder `cross_validate` wrote (see `load_model`)
                   paths, # DICOM, PNG or JPEG files, or folders searched recursively for them
                   out=None, # CSV to write; the unreadable files go to `<out stem>_errors.csv` beside it
                   batch_size:int=64, # images per forward pass
@@ -214,11 +221,13 @@ def predict_files(checkpoint, # a checkpoint written by `train`: its contract gi
     out = None if out is None else Path(out)
     if out is not None:
         if out.is_dir(): raise ValueError(f'{out}: is a folder; give the name of the CSV file to write')
-        refuse_inputs([out, _errors_file(out)], [*files, checkpoint], 'CSV')
+        refuse_inputs([out, _errors_file(out)], [*files, *checkpoint_files(checkpoint)], 'CSV')
     with output_lock(out.parent, f'another predict run writing {out.name}', name=f'.{out.name}.lock') if out else nullcontext():
-        model, contract = load_classifier(checkpoint, backbone=backbone, trusted=trusted, map_location=device)
+        model, contract = load_model(checkpoint, backbone=backbone, trusted=trusted, map_location=device)
+        ensemble = isinstance(contract, EnsembleContract)
+        where = contract.name if ensemble else single_checkpoint(checkpoint)
         dev = next(model.parameters()).device
-        thr, source = _threshold(contract, checkpoint)
+        thr, source = _threshold(contract, where)
         norm = lambda x: normalise(x[:, None] if x.ndim == 3 else x, contract.mean, contract.std)
         workers = min(8, _cores()) if workers is None else workers
         workers = max(0, min(workers, -(-len(files) // batch_size)))   # no more processes than batches
@@ -226,13 +235,13 @@ def predict_files(checkpoint, # a checkpoint written by `train`: its contract gi
                             collate_fn=_collate, pin_memory=dev.type == 'cuda')
         probs, pids, failed = _scores(model, loader, norm, dev, len(files), progress)
         if not probs and failed and all(v.startswith('the model gave a non-finite') for v in failed.values()):
-            raise CheckpointError(checkpoint, f'the model gave no finite probability for any of the {len(failed)} images: it is broken; nothing was written')
+            raise CheckpointError(where, f'the model gave no finite probability for any of the {len(failed)} images: it is broken; nothing was written')
         idx = sorted(probs)
         prob = np.array([probs[i] for i in idx], dtype=np.float64)
         df = pd.DataFrame(dict(patientId=pd.Series([pids[i] for i in idx], dtype=str), probability=prob,
                                prediction=(prob >= thr).astype(int), threshold=np.full(len(idx), thr),
                                file=pd.Series([str(files[i]) for i in idx], dtype=str)))[PREDICTION_COLUMNS]
-        seen = _check_seen(contract, df, checkpoint, allow_seen)
+        seen = _check_seen(contract, df, where, allow_seen)
         if seen.any(): df['seen_by_model'] = seen.astype(int)
         failed = [(str(files[i]), failed[i]) for i in sorted(failed)]
         errors_file = None
@@ -241,7 +250,8 @@ def predict_files(checkpoint, # a checkpoint written by `train`: its contract gi
             ef = _errors_file(out)
             if failed: write_csv(ef, pd.DataFrame(failed, columns=['file', 'error'])); errors_file = ef
             else: ef.unlink(missing_ok=True)   # left by an earlier run into the same file
-    return PredictionResult(df, failed, thr, source, Path(checkpoint), str(dev), out, errors_file, time.time() - t0, int(seen.sum()))
+    return PredictionResult(df, failed, thr, source, (contract.source or contract.files) if ensemble else where, str(dev), out, errors_file,
+                            time.time() - t0, int(seen.sum()), f'an ensemble of {len(contract.files)} checkpoints ({contract.name})' if ensemble else '')
 
 # %% ../nbs/07_inference.ipynb #9b12c5bb
 class ExportedClassifier(nn.Module):
@@ -252,6 +262,15 @@ class ExportedClassifier(nn.Module):
         self.backbone, self.mean, self.std = backbone, float(mean), float(std)
     def forward(self, image:torch.Tensor):
         logit = self.backbone(normalise(image, self.mean, self.std))[:, 0]
+        return torch.sigmoid(logit), logit
+
+# %% ../nbs/07_inference.ipynb #ab38b4eb
+class ExportedEnsemble(nn.Module):
+    "Members' `ExportedClassifier`s as one: float32 grey levels 0–255 (B,1,S,S) -> (mean probability (B,), its logit (B,))."
+    def __init__(self, members:list): # `ExportedClassifier`s, each with its own normalisation
+        super().__init__(); self.members = nn.ModuleList(members)
+    def forward(self, image:torch.Tensor):
+        logit = mean_probability_logit(torch.stack([m(image)[1] for m in self.members]))
         return torch.sigmoid(logit), logit
 
 # %% ../nbs/07_inference.ipynb #7f7a2849
@@ -312,12 +331,13 @@ class ExportResult:
     contract: dict # the content of contract.json
     seconds: float
     def summary(self)->str:
-        c = self.contract; t = c['threshold']
-        s = [f'exported   {c["checkpoint"]} ({c["backbone"]}) to {self.out_dir}',
+        c = self.contract; t = c['threshold']; ms = c.get('members')
+        what = (f'an ensemble of {len(ms)} checkpoints' + (f' ({c["checkpoint"]})' if c['checkpoint'] else '')) if ms else c['checkpoint']
+        s = [f'exported   {what} ({c["backbone"]}) to {self.out_dir}',
              *[f'  {k:11} {p.name}' + (f'  (ONNX opset {c["onnx"]["opset"]})' if k == 'onnx' else '') for k, p in self.files.items()],
              f'  {"contract":11} contract.json',
              f'input      image float32 (batch, 1, {c["size"]}, {c["size"]}), grey levels 0-255; normalisation inside',
-             f'outputs    probability (batch,), logit (batch,)',
+             f'outputs    probability (batch,), logit (batch,)' + (": the mean of the members' probabilities, and its logit" if ms else ''),
              'threshold  ' + (f'{t["value"]:.4g} ({t.get("method")}, {t.get("split")} split)' if t else 'none stored: run pneumonia_nb evaluate, then export again'),
              'checked    max |difference| from PyTorch: ' + ', '.join(f'{k} {v:.1e}' if v is not None else f'{k} not checked (no onnxruntime)' for k, v in c['verified'].items()),
              f'time       {self.seconds:.1f} s']
@@ -327,41 +347,54 @@ class ExportResult:
 def _staging(out_dir:Path, name:str)->Path: return out_dir/f'.{name}.{uuid.uuid4().hex[:8]}.tmp'
 _FILES = {'torchscript': 'model.pt', 'onnx': 'model.onnx'}
 
-def export_model(checkpoint, # a checkpoint written by `train`
+def export_model(checkpoint, # a checkpoint written by `train`, or an ensemble: several checkpoints, an ensemble file or a cross-validation folder (see `load_model`)
                  out_dir, # folder to write model.pt, model.onnx and contract.json into (created)
                  formats=EXPORT_FORMATS, # 'torchscript', 'onnx' or both
                  trusted:bool=False, # read a checkpoint that needs full unpickling (only from a source you trust)
                 )->ExportResult:
-    "Write the classifier with its normalisation built in as TorchScript and/or ONNX, checked, with contract.json."
+    "Write the classifier (or the ensemble) with its normalisation built in as TorchScript and/or ONNX, checked, with contract.json."
     t0 = time.time()
     formats = (formats,) if isinstance(formats, str) else tuple(formats)
     if not formats or any(f not in EXPORT_FORMATS for f in formats):
         raise ValueError(f'formats must be among {EXPORT_FORMATS}, not {formats!r}')
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir(): raise ValueError(f'{out_dir}: exists and is not a folder')
-    model, contract = load_classifier(checkpoint, trusted=trusted)
+    model, contract = load_model(checkpoint, trusted=trusted)
+    ensemble = isinstance(contract, EnsembleContract)
+    where = contract.name if ensemble else single_checkpoint(checkpoint)
     size, threshold = contract.size, None if contract.threshold is None else dataclasses.asdict(contract.threshold)
-    if threshold is None:
-        warnings.warn(f'{checkpoint}: no operating threshold is stored in this checkpoint; contract.json gets '
+    if threshold is None and ensemble:
+        warnings.warn(f'{where}: {_NO_ENSEMBLE_THRESHOLD}, then export that. contract.json gets "threshold": null.', UserWarning, stacklevel=2)
+    elif threshold is None:
+        warnings.warn(f'{where}: no operating threshold is stored in this checkpoint; contract.json gets '
                       '"threshold": null. Run `pneumonia_nb evaluate` to choose one on the validation split, then export again.',
                       UserWarning, stacklevel=2)
-    wrapper = ExportedClassifier(model.backbone, contract.mean, contract.std).eval()
+    wrapper = (ExportedEnsemble([ExportedClassifier(m.backbone, c.mean, c.std) for m, c in zip(model.models, contract.members)]) if ensemble
+               else ExportedClassifier(model.backbone, contract.mean, contract.std)).eval()
     g = torch.Generator().manual_seed(0)
     example = torch.randint(0, 256, (2, 1, size, size), generator=g).float()
     check = torch.randint(0, 256, (3, 1, size, size), generator=g).float()
     with torch.no_grad(): ref = wrapper(check)
     if not all(torch.isfinite(r).all() for r in ref):
-        raise CheckpointError(checkpoint, 'the model gives non-finite outputs on a test batch: it is broken; nothing was exported')
-    refuse_inputs([out_dir/f for f in (*_FILES.values(), 'contract.json')], [checkpoint], 'export')   # also the files it removes
-    with output_lock(out_dir, 'another export run'): return _write_export(wrapper, model, contract, checkpoint, out_dir, formats, example, check, ref, threshold, t0)
+        raise CheckpointError(where, 'the model gives non-finite outputs on a test batch: it is broken; nothing was exported')
+    refuse_inputs([out_dir/f for f in (*_FILES.values(), 'contract.json')], checkpoint_files(checkpoint), 'export')   # also the files it removes
+    with output_lock(out_dir, 'another export run'): return _write_export(wrapper, model, contract, where, out_dir, formats, example, check, ref, threshold, t0)
 
 def _check_parity(verified:dict):
     "An error when an export's outputs differ from PyTorch's by more than 1e-3 (or by NaN)."
     for k, d in verified.items():
         if d is not None and not d <= 1e-3: raise RuntimeError(f'the {k} export differs from PyTorch by {d:.2g} on a test batch; nothing was written')
 
+def _members_doc(model:Ensemble, contract:EnsembleContract)->list:
+    "contract.json's record of an ensemble's members: each checkpoint (relative to the ensemble file), its digest, backbone and normalisation."
+    name = lambda f: os.path.relpath(f, contract.source.parent) if contract.source else str(f)
+    return [dict(checkpoint=name(f), checkpoint_sha256=_sha256(f), backbone=m.hparams.backbone, mean=c.mean, std=c.std, fold=c.fold)
+            for f, m, c in zip(contract.files, model.models, contract.members)]
+
 def _write_export(wrapper, model, contract, checkpoint, out_dir:Path, formats, example, check, ref, threshold, t0)->ExportResult:
-    size = contract.size
+    size, ensemble = contract.size, isinstance(contract, EnsembleContract)
+    source = contract.source if ensemble else Path(checkpoint)   # None: a list of checkpoints
+    members = _members_doc(model, contract) if ensemble else None
     staged, verified, onnx_info = {}, {}, None
     try:
         with _quiet_export(), torch.no_grad():
@@ -381,13 +414,16 @@ def _write_export(wrapper, model, contract, checkpoint, out_dir:Path, formats, e
                        description=f'grey levels of the {size}x{size} 8-bit image that pneumonia_nb.inference.read_image '
                                    'gives (DICOM: display grey levels, air dark; resized by resize_image), as float32. '
                                    'The normalisation is inside the model.'),
-            outputs=[dict(name='probability', dtype='float32', shape=['batch'], description='probability of lung opacity (sigmoid of the logit)'),
-                     dict(name='logit', dtype='float32', shape=['batch'], description='logit of lung opacity')],
-            size=size, mean=contract.mean, std=contract.std,
-            normalisation='(image/255 - mean)/std, inside the model',
+            outputs=[dict(name='probability', dtype='float32', shape=['batch'], description=("the mean of the members' probabilities of lung opacity"
+                          if ensemble else 'probability of lung opacity') + ' (sigmoid of the logit)'),
+                     dict(name='logit', dtype='float32', shape=['batch'], description='logit of ' + ('that mean' if ensemble else 'lung opacity'))],
+            size=size, mean=None if ensemble else contract.mean, std=None if ensemble else contract.std,
+            normalisation="each member's (image/255 - mean)/std (members below), inside the model" if ensemble else '(image/255 - mean)/std, inside the model',
             threshold=threshold, decision='positive when probability >= threshold.value',
-            backbone=model.hparams.backbone, checkpoint=Path(checkpoint).name, checkpoint_sha256=_sha256(checkpoint),
-            fold=contract.fold, files={k: _FILES[k] for k in formats}, onnx=onnx_info,
+            backbone='+'.join(dict.fromkeys(d['backbone'] for d in members)) if ensemble else model.hparams.backbone,
+            checkpoint=None if source is None else source.name, checkpoint_sha256=None if source is None else _sha256(source),
+            fold=None if ensemble else contract.fold, **({} if members is None else dict(members=members)),
+            files={k: _FILES[k] for k in formats}, onnx=onnx_info,
             verified=verified, torch=torch.__version__, created=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
         for k, tmp in staged.items(): os.replace(tmp, out_dir/_FILES[k])
         for k in EXPORT_FORMATS:   # a model of an earlier export that this one does not replace

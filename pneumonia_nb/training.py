@@ -20,11 +20,11 @@ from torchmetrics.functional.classification import binary_auroc, binary_average_
 from torchvision.utils import make_grid
 
 from .config import CheckpointError, Contract, PneumoniaError, RunConfig, ThresholdRecord, _interactive
-from .config import atomic_write, encode_patients, output_lock, read_contract, resolve_device, save_config
+from .config import atomic_write, encode_patients, output_lock, read_contract, resolve_device, save_config, weights_digest
 from .preprocessing import load_manifest, load_stats
 from .dataset import PneumoniaDataModule, load_images
 from .model import PneumoniaClassifier, check_weights, load_checkpoint, load_classifier, save_classifier
-from .evaluation import choose_threshold, predict_images, threshold_metrics
+from .evaluation import ENSEMBLE_FILE, predict_images, threshold_metrics, threshold_record, write_ensemble
 
 # %% auto #0
 __all__ = ['resolve_precision', 'TrainingDiverged', 'AugmentedImages', 'TrainResult', 'train', 'pooled_metrics', 'predict_rows',
@@ -199,13 +199,9 @@ def _choose_threshold(model:PneumoniaClassifier, rows, cfg:RunConfig, device)->t
     "(threshold record or None, metrics at it, metrics at 0.5) on `rows`, by `cfg.evaluate`'s rule (see `06_evaluation`)."
     y = rows.Target.to_numpy(); p = predict_images(model.to(device).eval(), load_images(rows), model.contract)
     ev = cfg.evaluate
-    try: value = choose_threshold(y, p, ev.threshold_method, ev.target)
+    try: rec = threshold_record(y, p, ev.threshold_method, ev.target, split='val', by='train')
     except ValueError: return None, {}, threshold_metrics(y, p, 0.5)   # one class only: nothing to choose on
-    at = threshold_metrics(y, p, value)
-    rec = ThresholdRecord(float(value), ev.threshold_method, ev.target if ev.threshold_method in ('sensitivity', 'fixed') else None,
-                          split='val', n=len(y), positives=int(y.sum()), chosen=datetime.datetime.now().isoformat(timespec='seconds'),
-                          by='train', metrics={k: float(at[k]) for k in ('recall', 'specificity', 'precision')})
-    return rec, at, threshold_metrics(y, p, 0.5)
+    return rec, threshold_metrics(y, p, rec.value), threshold_metrics(y, p, 0.5)
 
 def train(cache, # cache folder written by `preprocess`
           out, # output folder: config.yaml, checkpoints/, logs/, metrics.json
@@ -291,40 +287,55 @@ def predict_rows(checkpoint, # a checkpoint written by `train`
 
 @dataclass
 class CVResult:
-    "Per-fold and pooled out-of-fold results of `cross_validate`."
+    "Per-fold and pooled out-of-fold results of `cross_validate`, and the ensemble of its fold models."
     folds: pd.DataFrame
     oof: pd.DataFrame
     pooled: dict
+    threshold: ThresholdRecord|None = None # the ensemble's operating threshold, chosen on the pooled out-of-fold predictions (None: one class only)
+    ensemble: Path|None = None # the ensemble file: the fold models and that threshold
     def summary(self)->str:
         cols = ['auroc', 'ap', 'acc', 'recall', 'specificity']
         per = [f'  {c:12} {self.folds[c].mean():.4f} ± {self.folds[c].std(ddof=1):.4f}' for c in cols if c in self.folds]
+        t = self.threshold
+        thr = (f'ensemble operating threshold {t.value:.4f} ({t.method}' + (f' {t.target}' if t.target is not None else '')
+               + f', chosen on the pooled out-of-fold predictions, {t.n} patients)' if t is not None else
+               'no ensemble threshold: the out-of-fold predictions have patients of one class only')
         return '\n'.join([f'{len(self.folds)}-fold cross-validation, per fold (mean ± sd):', *per,
-                          'pooled out-of-fold predictions:', *[f'  {k:22} {v:.4f}' for k, v in self.pooled.items()]])
+                          'pooled out-of-fold predictions:', *[f'  {k:22} {v:.4f}' for k, v in self.pooled.items()], thr]
+                         + ([f'ensemble     {self.ensemble}   (evaluate, predict and export take its folder as --ckpt)'] if self.ensemble else []))
 
 def cross_validate(cache, # cache folder written by `preprocess`
-                   out, # output folder: fold_0/, fold_1/, ..., oof.csv, cv.json
+                   out, # output folder: fold_0/, fold_1/, ..., oof.csv, cv.json, ensemble.json
                    config:RunConfig|None=None, # the configuration of every fold's run; `fit.cv_folds` folds (default: all in the manifest)
                    select:str='last', # model that predicts its fold: 'last' epoch, or 'best' val AUROC (optimistic: chosen on that fold)
                    progress:bool=True, log_images:bool=True, limit_batches=None, # passed to `train`
                    **overrides, # fields of `config` to change, by name
                   )->CVResult:
-    "Train one model per fold, predict each fold with the model that did not see it, pool the predictions."
+    "Train one model per fold, predict each fold with the model that did not see it, pool the predictions; write the fold models' ensemble."
     cfg = (config or RunConfig()).override(**overrides)
     out = Path(out); m = load_manifest(cache)
     k_all = int(m.fold.max()) + 1
     folds = cfg.fit.cv_folds or k_all
     if select not in ('last', 'best'): raise ValueError(f"select must be 'last' or 'best', not {select!r}")
     if not 2 <= folds <= k_all: raise ValueError(f'folds must be between 2 and {k_all} (the folds in {cache}), not {folds}')
-    rows, oof = [], []
+    rows, oof, members, digests = [], [], [], []
     for k in range(folds):
         r = train(cache, out/f'fold_{k}', cfg.override(fold=k, cv_folds=None), progress=progress, log_images=log_images, limit_batches=limit_batches)
         rows.append({'fold': k, **{n.split('/', 1)[1]: v for n, v in r.metrics.items() if n.startswith('val/')}})
         val = m[(m.fold == k) & (m.split != 'test')].reset_index(drop=True)
         ckpt = r.last_checkpoint if select == 'last' else r.best_checkpoint
-        oof.append(val[['patientId', 'Target']].assign(fold=k, probability=predict_rows(ckpt, val)))
+        model, contract = load_classifier(ckpt, map_location='auto')
+        p = predict_images(model, load_images(val), contract).astype(np.float64)   # float64: oof.csv holds exactly these numbers
+        oof.append(val[['patientId', 'Target']].assign(fold=k, probability=p))
+        members.append(ckpt); digests.append(weights_digest(model.state_dict()))
     oof = pd.concat(oof, ignore_index=True)
     pooled = pooled_metrics(oof.probability, oof.Target)
+    ev = cfg.evaluate
+    try: thr = threshold_record(oof.Target, oof.probability, ev.threshold_method, ev.target, split='oof', by='cross_validate')
+    except ValueError: thr = None   # one class only: nothing to choose on
     atomic_write(out/'oof.csv', oof.to_csv(index=False))
-    res = CVResult(pd.DataFrame(rows), oof, pooled)
-    atomic_write(out/'cv.json', json.dumps(dict(folds=rows, pooled=pooled), indent=2))
+    ens = write_ensemble(out/ENSEMBLE_FILE, members, thr, n=len(oof), digests=digests, oof=out/'oof.csv', by='cross_validate')
+    res = CVResult(pd.DataFrame(rows), oof, pooled, thr, ens)
+    atomic_write(out/'cv.json', json.dumps(dict(folds=rows, pooled=pooled, threshold=None if thr is None else dataclasses.asdict(thr),
+                                                ensemble=ENSEMBLE_FILE), indent=2))
     return res

@@ -275,6 +275,48 @@ _COMMANDS = {'demo': (_demo_parser, _demo, ['demo'], 'write the built-in demo da
              'export': (_export_parser, _export, [], 'export a checkpoint (or an ensemble) to TorchScript and ONNX'),
              'run': (lambda: _train_parser(run=True), _run, _TRAINING, 'all stages end to end (on the demo dataset without --data)')}
 
+# %% ../nbs/08_cli.ipynb #5d904bc0
+def _tune_parser()->ArgumentParser:
+    p = _subparser("Search the training configuration with Optuna for the best pooled out-of-fold AUROC on the cache's train and "
+                   'validation patients (its test split is kept out of the search), then train the best configuration and report it on '
+                   'the test split. Writes OUT/study.journal (the study: rerun the command to add trials, or to resume after a kill), '
+                   'OUT/best_config.yaml (train --config takes it), OUT/trials.csv, OUT/history.png, OUT/importances.png, OUT/slices.png '
+                   'and OUT/report.md. The options below set the starting configuration (trial 0) and every option the space does not '
+                   'search. Without --data or --cache the demo dataset is generated into OUT/demo_data and the demo recipe is used.', _TRAINING)
+    p.add_argument('--recipe', type=str, default=None, choices=list(RECIPES), help="starting configuration: 'default', 'original' or 'demo' "
+                   "(default: 'demo' without --data/--cache, else 'default'); --config files and options override it")
+    _inputs(p)
+    p.add_argument('--cache', type=str, default=None, help='cache folder written by pneumonia_nb preprocess (instead of --data)')
+    p.add_argument('--out', type=str, required=True, help='output folder (the study, the trials, the results)')
+    p.add_argument('--trials', type=int, default=20, help='trials to run now; a study already in the storage keeps its trials and gets these on top')
+    p.add_argument('--epochs', type=int, default=None, help='at most this many epochs per trial: caps a searched optim.epochs, or sets it')
+    p.add_argument('--timeout', type=float, default=None, help='seconds after which no new trial starts (the trial under way finishes)')
+    p.add_argument('--folds', type=int, default=3, help='score each trial on the pooled out-of-fold predictions of the first FOLDS folds')
+    p.add_argument('--fold', type=int, default=None, help='score each trial on this one fold only (faster, noisier)')
+    p.add_argument('--space', type=str, default=None, help="YAML search space: {'group.field': {choices: [...]} or {low: .., high: .., log: "
+                   "true, step: ..}} for options of the model, optim and augment groups (default: the space shown in the docs of tune)")
+    p.add_argument('--storage', type=str, default=None, help='where the study lives: a journal file path (default OUT/study.journal), or a '
+                   'database URL every machine of a shared study can reach (sqlite:///study.db, postgresql://user:password@host/db)')
+    p.add_argument('--study', type=str, default='pneumonia_nb', help='the study name in the storage')
+    p.add_argument('--final', type=str, default='best', choices=['best', 'both', 'none'], help="after the search, train and report on the "
+                   "test split: the best configuration ('best'), it and the starting one ('both'), or nothing ('none': on all but one "
+                   'machine of a shared study)')
+    p.add_argument('--prune', type=bool, default=True, help='stop trials whose validation AUROC is behind the median of the others at the same fold and epoch')
+    p.add_argument('--seed', type=int, default=None, help="the sampler's seed (default: a fresh one; processes sharing a study need different seeds)")
+    return p
+
+def _tune(args, cfg:RunConfig):
+    tune, parse_space = _lazy('tune', 'tune', 'parse_space')
+    if args.trials < 1: raise ConfigError('--trials', f'must be at least 1, not {args.trials}')
+    parse_space(args.space, cfg)   # a bad space fails before any data is prepared
+    out = Path(args.out)
+    cache = _cache_for(args, cfg, out)
+    res = tune(cache, out, cfg, space=args.space, trials=args.trials, epochs=args.epochs, timeout=args.timeout, folds=args.folds,
+               fold=args.fold, storage=args.storage, study=args.study, final=args.final, prune=args.prune, progress=_progress(args), seed=args.seed)
+    print(res.summary())
+
+_COMMANDS['tune'] = (_tune_parser, _tune, _TRAINING, 'search the training configuration with Optuna (on the demo dataset without --data/--cache)')
+
 # %% ../nbs/08_cli.ipynb #90b15a2a
 _EXAMPLES = '''examples:
   pneumonia_nb run --out demo_run                         # everything, on the demo dataset
@@ -285,6 +327,7 @@ _EXAMPLES = '''examples:
   pneumonia_nb predict --ckpt run/checkpoints/best.ckpt scans/ --out predictions.csv
   pneumonia_nb train --cache cache --out cv --fit.cv_folds 5   # five fold models, and cv/ensemble.json
   pneumonia_nb evaluate --ckpt cv --cache cache --out report_cv  # the five as one ensemble
+  pneumonia_nb tune --cache cache --out study --trials 20   # Optuna search; rerun to add trials
   pneumonia_nb train --help                               # every option of a command
 
 exit status: 0 done (a batch that skipped unreadable files says so and still exits 0; they are listed in its
@@ -322,7 +365,7 @@ def _base_config(command:str, argv:list)->RunConfig:
         try: raw.append((f, yaml.safe_load(f.read_text()) or {}))
         except yaml.YAMLError as e: raise ConfigError(f, yaml_problem(e)) from None
     has_input = '--data' in s or '--cache' in s or any(isinstance(d, dict) and (d.get('data') or d.get('cache')) for _, d in raw)
-    name = s['--recipe'][-1] if '--recipe' in s else 'demo' if command in ('train', 'run') and not has_input else 'default'
+    name = s['--recipe'][-1] if '--recipe' in s else 'demo' if command in ('train', 'run', 'tune') and not has_input else 'default'
     cfg = recipe(name)
     for f, d in raw: cfg = config_from_dict(d, f, base=cfg)
     return cfg

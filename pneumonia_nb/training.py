@@ -185,7 +185,7 @@ def _classifier(cfg:RunConfig, dm:PneumoniaDataModule, gpu:bool)->PneumoniaClass
     m, o, h = cfg.model, cfg.optim, cfg.hardware
     pw = dm.pos_weight if o.pos_weight == 'auto' else o.pos_weight_value
     model = PneumoniaClassifier(backbone=m.backbone, pretrained=m.pretrained, weights_path=m.weights, loss=o.loss, pos_weight=pw,
-                                focal_alpha=o.focal_alpha, focal_gamma=o.focal_gamma, optimizer=o.optimizer, lr=o.lr,
+                                focal_alpha=o.focal_alpha, focal_gamma=o.focal_gamma, mixup=cfg.augment.mixup, cutmix=cfg.augment.cutmix, optimizer=o.optimizer, lr=o.lr,
                                 weight_decay=o.weight_decay, scheduler=o.scheduler, warmup_epochs=o.warmup_epochs, max_epochs=o.epochs,
                                 channels_last=gpu if h.channels_last == 'auto' else bool(h.channels_last), compile=h.compile)
     if dm.batch_transform is not None: model.batch_transform = dm.batch_transform

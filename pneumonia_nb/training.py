@@ -182,10 +182,10 @@ def _data_module(cache, cfg:RunConfig, gpu:bool, multi:bool)->PneumoniaDataModul
 
 def _classifier(cfg:RunConfig, dm:PneumoniaDataModule, gpu:bool)->PneumoniaClassifier:
     "The model `cfg` asks for, with its contract."
-    m, o, h = cfg.model, cfg.optim, cfg.hardware
+    m, o, h, a = cfg.model, cfg.optim, cfg.hardware, cfg.augment
     pw = dm.pos_weight if o.pos_weight == 'auto' else o.pos_weight_value
     model = PneumoniaClassifier(backbone=m.backbone, pretrained=m.pretrained, weights_path=m.weights, loss=o.loss, pos_weight=pw,
-                                focal_alpha=o.focal_alpha, focal_gamma=o.focal_gamma, mixup=cfg.augment.mixup, cutmix=cfg.augment.cutmix, optimizer=o.optimizer, lr=o.lr,
+                                focal_alpha=o.focal_alpha, focal_gamma=o.focal_gamma, mixup=a.mixup if a.enabled else 0.0, cutmix=a.cutmix if a.enabled else 0.0, optimizer=o.optimizer, lr=o.lr,
                                 weight_decay=o.weight_decay, scheduler=o.scheduler, warmup_epochs=o.warmup_epochs, max_epochs=o.epochs,
                                 channels_last=gpu if h.channels_last == 'auto' else bool(h.channels_last), compile=h.compile)
     if dm.batch_transform is not None: model.batch_transform = dm.batch_transform

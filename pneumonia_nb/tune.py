@@ -13,7 +13,7 @@ __all__ = ['SEARCHABLE', 'DEFAULT_SPACE', 'parse_space', 'PruneTrial', 'open_sto
 import dataclasses, datetime, hashlib, importlib, io, json, math, os, shutil, socket, time, typing
 
 # %% ../nbs/10_tune.ipynb #dff3640e
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 # %% ../nbs/10_tune.ipynb #195bbdf6
 from pathlib import Path
@@ -52,7 +52,7 @@ from .config import ConfigError, PneumoniaError, RunConfig, atomic_write, config
 from .preprocessing import load_manifest, load_stats
 
 # %% ../nbs/10_tune.ipynb #d789569a
-from .training import TrainingDiverged, pooled_metrics, predict_rows, train
+from .training import TrainingDiverged, cross_validate, pooled_metrics, predict_rows, train
 
 # %% ../nbs/10_tune.ipynb #080cbcab
 from .evaluation import _ci_text, evaluate
@@ -248,6 +248,7 @@ def _fmt(params:dict)->str:
 @dataclass
 class _Objective:
     cache: Path
+    manifest: pd.DataFrame
     out: Path
     base: RunConfig
     space: dict
@@ -261,7 +262,7 @@ class _Objective:
         params = {k: _suggest(trial, k, d) for k, d in self.space.items()}
         cfg = _apply(self.base, params, f'trial {trial.number}')
         self.say(f'trial {trial.number}: {_fmt(params)}')
-        m, tdir, oof = load_manifest(self.cache), self.out/'trials'/f'{trial.number:04d}', []
+        m, tdir, oof = self.manifest, self.out/'trials'/f'{trial.number:04d}', []
         for i, k in enumerate(self.folds):
             pruner = PruneTrial(trial, step0=i * 1000)
             try: r = train(self.cache, tdir/f'fold_{k}', cfg.override(fold=k, cv_folds=None), progress=False, log_images=False,
@@ -359,9 +360,9 @@ def tune(cache, # cache folder written by `preprocess`; its test split is kept o
         gone = _fail_orphans(st)
         if gone: say(f'marked failed: trial {", ".join(map(str, gone))} (its process on this machine is gone)')
         if not st.trials: st.enqueue_trial(_start_params(base, space), skip_if_exists=True)
-    objective = _Objective(cache, out, base, space, use, prune, say)
+    objective = _Objective(cache, m, out, base, space, use, prune, say)
     st.optimize(objective, n_trials=trials, timeout=timeout, catch=(TrainingDiverged,), gc_after_trial=True)
-    return _results(st, base, space, cache, out, where, final, say, objective.ran, t0)
+    return _results(st, base, space, cache, m, out, where, final, say, objective.ran, t0)
 
 # %% ../nbs/10_tune.ipynb #01e8b0c0
 def _cap_epochs(cfg:RunConfig, epochs:int)->RunConfig:
@@ -405,8 +406,8 @@ def _png(fig)->bytes:
     buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=110, bbox_inches='tight'); plt.close(fig)
     return buf.getvalue()
 
-def _plots(study, out:Path)->dict:
-    "history.png, importances.png and slices.png in `out`; {name: None or why it is missing}."
+def _plots(study, out:Path)->tuple:
+    "history.png, importances.png and slices.png in `out`: ({name: None or why it is missing}, the options' importances)."
     vis = importlib.import_module('optuna.visualization.matplotlib')
     notes, imp = {}, {}
     done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
@@ -426,25 +427,30 @@ def _plots(study, out:Path)->dict:
         fig = (np.ravel(ax)[0] if isinstance(ax, np.ndarray) else ax).figure
         if name == 'slices.png': fig.set_size_inches(3.2 * len(top), 3.4)
         atomic_write(out/name, _png(fig)); notes[name] = None
-    return notes
+    return notes, imp
 
 # %% ../nbs/10_tune.ipynb #02444393
-def _final_check(st, base:RunConfig, best:RunConfig, cache:Path, out:Path, final:str, say)->pd.DataFrame|None:
-    m = load_manifest(cache)
+def _on_test_split(cache:Path, out:Path, cfg:RunConfig)->tuple:
+    "(train's result, evaluate's result): `cfg` trained on the train/validation split as a user runs it, reported on the test split."
+    r = train(cache, out, cfg, progress=False, log_images=False)
+    ev = evaluate(r.best_checkpoint or r.last_checkpoint, cache, out/'evaluation', split='test', cam=False, progress=False,
+                  n_resamples=cfg.evaluate.bootstrap)
+    return r, ev
+
+def _final_check(base:RunConfig, best:RunConfig, cache:Path, m:pd.DataFrame, out:Path, final:str, say)->pd.DataFrame|None:
     if final == 'none': return None
     if not (m.split == 'test').any(): say('no test split in the cache: the best configuration is not checked on unseen patients'); return None
     rows = []
     for name, cfg in [('best', best)] + ([('start', base)] if final == 'both' else []):
         say(f'final check: training the {"best" if name == "best" else "starting"} configuration on the train/validation split')
-        r = train(cache, out/'final'/name, cfg, progress=False, log_images=False)
-        ev = evaluate(r.best_checkpoint or r.last_checkpoint, cache, out/'final'/name/'evaluation', split='test', cam=False, progress=False)
+        _, ev = _on_test_split(cache, out/'final'/name, cfg)
         a = ev.metrics.loc['auroc']
         rows.append({'configuration': 'best trial' if name == 'best' else 'starting configuration', 'auroc': _ci_text(a),
                      'auroc_value': float(a.value), 'patients': len(ev.predictions), 'positives': int(ev.predictions.Target.sum()),
                      'report': str(ev.out/'report.md')})
     return pd.DataFrame(rows)
 
-def _results(st, base:RunConfig, space:dict, cache:Path, out:Path, where:str, final:str, say, ran:int, t0:float)->TuneResult:
+def _results(st, base:RunConfig, space:dict, cache:Path, m:pd.DataFrame, out:Path, where:str, final:str, say, ran:int, t0:float)->TuneResult:
     df = trials_frame(st)
     atomic_write(out/'trials.csv', df.to_csv(index=False))
     done = df[df.state == 'COMPLETE']
@@ -454,20 +460,17 @@ def _results(st, base:RunConfig, space:dict, cache:Path, out:Path, where:str, fi
     best = _apply(base, best_t.params, f'trial {best_t.number}')
     cfg_path = save_config(best, out/'best_config.yaml')
     start = df[(df.number == 0) & (df.state == 'COMPLETE')]
-    notes = _plots(st, out)
-    fin = _final_check(st, base, best, cache, out, final, say)
+    notes, imp = _plots(st, out)
+    fin = _final_check(base, best, cache, m, out, final, say)
     res = TuneResult(out, st.study_name, where, df, float(best_t.value), dict(best_t.params), cfg_path,
                      float(start.value.iloc[0]) if len(start) and _start_params(base, space) == dict(st.trials[0].params) else None,
                      fin, ran, time.time() - t0)
-    atomic_write(out/'report.md', _report(res, space, notes, st))
+    atomic_write(out/'report.md', _report(res, space, notes, imp, st))
     return res
 
 # %% ../nbs/10_tune.ipynb #328d6af7
-def _report(res:TuneResult, space:dict, notes:dict, st)->str:
+def _report(res:TuneResult, space:dict, notes:dict, imp:dict, st)->str:
     df = res.trials
-    imp = {}
-    try: imp = optuna.importance.get_param_importances(st)
-    except (RuntimeError, ValueError): pass
     lines = [f'# Tuning report: study `{res.study}`', '', f'Storage: `{res.storage}`. Written {datetime.datetime.now():%Y-%m-%d %H:%M}.', '',
              'Objective: pooled out-of-fold AUROC of the last epoch\'s models, on the folds of the train and validation patients '
              f'(folds {st.user_attrs["setup"]["folds"]}); the test split is not used by any trial.', '',
@@ -495,16 +498,14 @@ def _compare_job(job:tuple)->dict:
     protocol, name, cfg_dict, seed, cache, out = job
     done = Path(out)/'result.json'
     if done.is_file(): return json.loads(done.read_text())
-    warnings.simplefilter('ignore')
     cfg = config_from_dict(cfg_dict, name).override(seed=seed)
     t0 = time.time()
-    if protocol == 'cv':
-        cv = importlib.import_module('pneumonia_nb.training').cross_validate(cache, out, cfg, select='last', progress=False, log_images=False)
-        r = {k: float(v) for k, v in cv.pooled.items() if not k.startswith('threshold')}
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        if protocol == 'cv': cv = cross_validate(cache, out, cfg, select='last', progress=False, log_images=False)
+        else: t, ev = _on_test_split(Path(cache), Path(out)/'train', cfg)
+    if protocol == 'cv': r = {k: float(v) for k, v in cv.pooled.items() if not k.startswith('threshold')}
     else:
-        t = train(cache, Path(out)/'train', cfg, progress=False, log_images=False)
-        ev = evaluate(t.best_checkpoint or t.last_checkpoint, cache, Path(out)/'evaluation', split='test', cam=False, progress=False,
-                      n_resamples=cfg.evaluate.bootstrap)
         r = {'auroc': float(ev.metrics.loc['auroc'].value), 'ap': float(ev.metrics.loc['average_precision'].value),
              'val_auroc': float(t.metrics.get('val/auroc', float('nan'))), 'test_patients': len(ev.predictions)}
     r = dict(recipe=name, seed=seed, protocol=protocol, minutes=round((time.time() - t0) / 60, 2), **r)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_training.ipynb #8a7efaf5
 from __future__ import annotations
-import dataclasses, datetime, json, logging, os, sys, time, warnings
+import dataclasses, json, logging, os, sys, time, warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,7 +185,8 @@ def _classifier(cfg:RunConfig, dm:PneumoniaDataModule, gpu:bool)->PneumoniaClass
     m, o, h, a = cfg.model, cfg.optim, cfg.hardware, cfg.augment
     pw = dm.pos_weight if o.pos_weight == 'auto' else o.pos_weight_value
     model = PneumoniaClassifier(backbone=m.backbone, pretrained=m.pretrained, weights_path=m.weights, loss=o.loss, pos_weight=pw,
-                                focal_alpha=o.focal_alpha, focal_gamma=o.focal_gamma, mixup=a.mixup if a.enabled else 0.0, cutmix=a.cutmix if a.enabled else 0.0, optimizer=o.optimizer, lr=o.lr,
+                                focal_alpha=o.focal_alpha, focal_gamma=o.focal_gamma, mixup=a.mixup if a.enabled else 0.0,
+                                cutmix=a.cutmix if a.enabled else 0.0, optimizer=o.optimizer, lr=o.lr,
                                 weight_decay=o.weight_decay, scheduler=o.scheduler, warmup_epochs=o.warmup_epochs, max_epochs=o.epochs,
                                 channels_last=gpu if h.channels_last == 'auto' else bool(h.channels_last), compile=h.compile)
     if dm.batch_transform is not None: model.batch_transform = dm.batch_transform

@@ -3,7 +3,7 @@ __version__ = "0.1.0"
 # The Python API users see first. Each name is imported on first use, so `import pneumonia_nb` (and the
 # command line's --help) does not import torch.
 _API = dict(RunConfig='config', recipe='config', load_config='config', save_config='config',
-            make_demo_dataset='demo', preprocess='preprocessing', load_manifest='preprocessing',
+            make_demo_dataset='demo', preprocess='cache', load_manifest='cache',
             train='training', cross_validate='training', evaluate='evaluation',
             load_classifier='model', load_model='evaluation', load_ensemble='evaluation', predict_files='inference',
             export_model='inference')

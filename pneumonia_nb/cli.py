@@ -163,7 +163,7 @@ def _demo(args, cfg:RunConfig):
     return d
 
 def _preprocess_from(data, out, cfg:RunConfig, args):
-    preprocess = _lazy('preprocessing', 'preprocess')
+    preprocess = _lazy('cache', 'preprocess')
     c = cfg.preprocess
     res = preprocess(data, out, size=c.size, workers=c.workers, split=c.split, val_frac=c.val_frac, test_frac=c.test_share,
                      folds=c.folds, seed=c.split_seed, fast=c.fast_decode, progress=_progress(args))
@@ -171,7 +171,7 @@ def _preprocess_from(data, out, cfg:RunConfig, args):
     return res.cache
 
 def _preprocess(args, cfg:RunConfig):
-    export_folder = _lazy('preprocessing', 'export_folder')
+    export_folder = _lazy('cache', 'export_folder')
     _preprocess_from(args.data, args.out, cfg, args)
     if args.export_folder: print(f'exported     {export_folder(args.out, args.export_folder, progress=_progress(args))}')
 
@@ -232,7 +232,7 @@ def _run(args, cfg:RunConfig):
 
 def _evaluate(args, cfg:RunConfig):
     load_model, checkpoint_files, EnsembleContract = _lazy('evaluation', 'load_model', 'checkpoint_files', 'EnsembleContract')
-    preprocess = _lazy('preprocessing', 'preprocess')
+    preprocess = _lazy('cache', 'preprocess')
     if (args.cache is None) == (args.data is None): raise ConfigError('--cache/--data', 'give one of them: the training cache, or a separate labelled dataset')
     ckpt = _ckpt(args)
     loaded = load_model(ckpt, trusted=args.trust_checkpoint, map_location=cfg.evaluate.device)   # read once, fails before any work

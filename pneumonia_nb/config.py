@@ -14,11 +14,11 @@ from typing import Literal, Union, get_args, get_origin, get_type_hints
 __all__ = ['DISK_FULL', 'LOCK_FILE', 'Backbone', 'Split', 'Optimizer', 'Scheduler', 'Loss', 'ThresholdMethod', 'ExportFormat',
            'BACKBONES', 'SPLITS', 'OPTIMIZERS', 'SCHEDULERS', 'LOSSES', 'THRESHOLD_METHODS', 'EXPORT_FORMATS',
            'RECIPES', 'PneumoniaError', 'ConfigError', 'CheckpointError', 'atomic_write', 'disk_full_message',
-           'output_lock', 'refuse_inputs', 'resolve_device', 'normalise', 'progress_bar', 'DemoConfig',
-           'PreprocessConfig', 'ModelConfig', 'OptimConfig', 'AugmentConfig', 'HardwareConfig', 'FitConfig',
-           'EvaluateConfig', 'RunConfig', 'recipe', 'config_from_dict', 'save_config', 'load_config', 'yaml_problem',
-           'encode_patients', 'patients_in', 'ThresholdRecord', 'Contract', 'weights_digest', 'write_contract',
-           'read_contract']
+           'safe_csv_value', 'unescape_csv_value', 'write_csv', 'output_lock', 'refuse_inputs', 'resolve_device',
+           'normalise', 'progress_bar', 'DemoConfig', 'PreprocessConfig', 'ModelConfig', 'OptimConfig', 'AugmentConfig',
+           'HardwareConfig', 'FitConfig', 'EvaluateConfig', 'RunConfig', 'recipe', 'config_from_dict', 'save_config',
+           'load_config', 'yaml_problem', 'encode_patients', 'patients_in', 'ThresholdRecord', 'Contract',
+           'weights_digest', 'write_contract', 'read_contract']
 
 # %% ../nbs/00_config.ipynb #0086be49
 import numpy as np
@@ -70,6 +70,28 @@ def disk_full_message(e:OSError)->str:
     what = {errno.ENOSPC: 'no space left on the device', errno.EDQUOT: 'the disk quota is used up',
             errno.EROFS: 'the file system is read-only', errno.EFBIG: 'the file would be too large for the file system'}[e.errno]
     return f'{what} ({errno.errorcode[e.errno]}); the file was not written and the one it would replace is intact. Free space and rerun'
+
+# %% ../nbs/00_config.ipynb #b9ca05c4
+_FORMULA_START = ('=', '+', '-', '@', '\t', '\r', "'")
+
+def safe_csv_value(v):
+    "`v`, with a leading ' when it is text a spreadsheet would run as a formula (or text that starts with ')."
+    return "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v
+
+def unescape_csv_value(v):
+    "Undo `safe_csv_value`: the value as it was before it was written."
+    return v[1:] if isinstance(v, str) and v.startswith("'") else v
+
+# %% ../nbs/00_config.ipynb #d8c590a1
+def write_csv(path, # the CSV file to write (atomically)
+              df, # a pandas DataFrame; its text columns go through `safe_csv_value`
+             )->Path:
+    "Write `df` as a CSV that a spreadsheet opens without running anything."
+    is_text = importlib.import_module('pandas').api.types.is_string_dtype
+    out = df.copy()
+    for c in out.columns:
+        if out[c].dtype == object or is_text(out[c]): out[c] = out[c].map(safe_csv_value)
+    return atomic_write(path, out.to_csv(index=False))
 
 # %% ../nbs/00_config.ipynb #f511c283
 LOCK_FILE = '.pneumonia_nb.lock'

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision import tv_tensors
 from torchvision.datasets import DatasetFolder
 from torchvision.transforms import v2, InterpolationMode
-from .preprocessing import load_manifest, load_stats
+from .cache import load_manifest, load_stats
 
 # %% ../nbs/03_dataset.ipynb #6a0626f7
 from .config import progress_bar

@@ -16,7 +16,8 @@ from matplotlib.patches import Rectangle
 from scipy.stats import bootstrap, rankdata
 from .config import PneumoniaError, ThresholdRecord, atomic_write, normalise, output_lock, refuse_inputs
 from .config import CheckpointError, patients_in, resolve_device, weights_digest
-from .preprocessing import load_manifest, load_stats, write_csv
+from .cache import load_manifest, load_stats
+from .config import write_csv
 from .dataset import load_images
 from .model import load_classifier, save_classifier
 

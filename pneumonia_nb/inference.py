@@ -16,7 +16,8 @@ import torch.nn as nn
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from .config import CheckpointError, PneumoniaError, atomic_write, normalise, output_lock, refuse_inputs
-from .preprocessing import DicomError, MAX_PIXELS, _link_problem, read_dicom, resize_image, write_csv
+from .dicom import DicomError, MAX_PIXELS, link_problem, read_dicom, resize_image
+from .config import write_csv
 from .model import load_classifier
 from .evaluation import Ensemble, EnsembleContract, checkpoint_files, load_model, mean_probability_logit, single_checkpoint
 from .evaluation import _NO_ENSEMBLE_THRESHOLD
@@ -65,7 +66,7 @@ def _check_declared_size(path:Path, data:bytes):
 
 def _read_picture(path:Path)->np.ndarray:
     "The greyscale 8-bit image of a PNG or JPEG (or another file OpenCV decodes), at its own size."
-    if (why := _link_problem(path)) is not None: raise ImageError(path, why)
+    if (why := link_problem(path)) is not None: raise ImageError(path, why)
     if not path.exists(): raise ImageError(path, 'file not found')
     if path.is_dir(): raise ImageError(path, 'is a folder, not a file')
     try: data = path.read_bytes()

@@ -21,7 +21,7 @@ from torchvision.utils import make_grid
 
 from .config import CheckpointError, Contract, PneumoniaError, RunConfig, ThresholdRecord, _interactive
 from .config import atomic_write, encode_patients, output_lock, read_contract, resolve_device, save_config, weights_digest
-from .preprocessing import load_manifest, load_stats
+from .cache import load_manifest, load_stats
 from .dataset import PneumoniaDataModule, load_images
 from .model import PneumoniaClassifier, check_weights, load_checkpoint, load_classifier, save_classifier
 from .evaluation import ENSEMBLE_FILE, predict_images, threshold_metrics, threshold_record, write_ensemble

@@ -49,7 +49,7 @@ from pytorch_lightning.callbacks import Callback
 from .config import ConfigError, PneumoniaError, RunConfig, atomic_write, config_from_dict, save_config, yaml_problem
 
 # %% ../nbs/10_tune.ipynb #4fd2e52c
-from .preprocessing import load_manifest, load_stats
+from .cache import load_manifest, load_stats
 
 # %% ../nbs/10_tune.ipynb #d789569a
 from .training import TrainingDiverged, cross_validate, pooled_metrics, predict_rows, train

@@ -5,7 +5,6 @@
 # %% ../nbs/03_dataset.ipynb #98523a98
 from __future__ import annotations
 import math, os, warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import pytorch_lightning as pl
 import kornia.augmentation as K
 import kornia.enhance as KE
 from fastcore.basics import patch
+from fastcore.parallel import num_cpus
 
 # %% auto #0
 __all__ = ['cpu_transforms', 'load_images', 'CacheDataset', 'GpuNormalize', 'gpu_augment', 'DeviceBatchLoader',
@@ -45,6 +45,7 @@ def _clahe(x:torch.Tensor)->torch.Tensor:
     grid = tuple(max(1, min(_CLAHE_TILES, s // 2)) for s in x.shape[-2:])
     return KE.equalize_clahe(x, _CLAHE_CLIP, grid)
 
+# %% ../nbs/03_dataset.ipynb #0b96c29e
 def _intensity(x:torch.Tensor, # (B,1,H,W) intensities in [0,1]
                aug:AugmentConfig, # its brightness, contrast, gamma and clahe
               )->torch.Tensor:
@@ -77,6 +78,7 @@ def _cpu_crop(size:int, aug:AugmentConfig)->v2.Transform:
     "torchvision's RandomResizedCrop to size×size with the settings of `aug`."
     return v2.RandomResizedCrop((size, size), scale=tuple(aug.crop_scale), ratio=tuple(aug.crop_ratio), antialias=True)
 
+# %% ../nbs/03_dataset.ipynb #aa94c500
 class _CpuIntensity(nn.Module):
     "`_intensity` of one 1×H×W image in [0,1] (a torchvision `Image` or a tensor): a step of `cpu_transforms`."
     def __init__(self, aug:AugmentConfig): super().__init__(); self.aug = aug
@@ -85,6 +87,7 @@ class _CpuIntensity(nn.Module):
         return tv_tensors.wrap(out, like=x) if isinstance(x, tv_tensors.TVTensor) else out
     def extra_repr(self): return ', '.join(f'{k}={getattr(self.aug, k)}' for k in ('brightness', 'contrast', 'gamma', 'clahe'))
 
+# %% ../nbs/03_dataset.ipynb #dc08174f
 def cpu_transforms(size:int|None, # side of the output; None keeps the input's size (without augmentation)
                    mean:float, # normalisation mean, of pixel values / 255
                    std:float, # normalisation standard deviation
@@ -115,6 +118,7 @@ def load_images(manifest:pd.DataFrame, # rows with a `path` column (absolute, as
         out[i] = a
     return out
 
+# %% ../nbs/03_dataset.ipynb #1f9386ca
 class CacheDataset(Dataset):
     "Images of a cache's manifest rows and their targets: `(x float32 1×H×W, y float32 scalar)`."
     def __init__(self,
@@ -145,6 +149,7 @@ class GpuNormalize(nn.Module):
         return normalise(x, self.mean, self.std)
     def extra_repr(self): return f'mean={self.mean:.4f}, std={self.std:.4f}'
 
+# %% ../nbs/03_dataset.ipynb #abe76711
 def _gpu_affine(aug:AugmentConfig)->nn.Module:
     "kornia's RandomAffine drawing from the same distributions as `_cpu_affine`."
     _check_aug(aug)
@@ -156,6 +161,7 @@ def _gpu_crop(size:int, aug:AugmentConfig)->nn.Module:
     return K.RandomResizedCrop((size, size), scale=tuple(aug.crop_scale), ratio=tuple(aug.crop_ratio), p=1.0,
                                cropping_mode='resample')  # one warp for the whole batch, no per-sample host sync
 
+# %% ../nbs/03_dataset.ipynb #fbf87333
 class _Resize(nn.Module):
     def __init__(self, size:int): super().__init__(); self.size = size
     def forward(self, x):
@@ -170,6 +176,7 @@ class _GpuIntensity(nn.Module):
         return (_intensity(x * self.std + self.mean, self.aug) - self.mean) / self.std
     def extra_repr(self): return ', '.join(f'{k}={getattr(self.aug, k)}' for k in ('brightness', 'contrast', 'gamma', 'clahe'))
 
+# %% ../nbs/03_dataset.ipynb #a9bfa84f
 def gpu_augment(size:int, # side of the output
                 mean:float, # normalisation mean (used for uint8 input)
                 std:float, # normalisation std (used for uint8 input)
@@ -209,27 +216,27 @@ class DeviceBatchLoader:
     @property
     def device(self)->torch.device: return self.images.device
 
-    def __len__(self):
-        n, b = len(self.images), self.batch_size
-        return n // b if self.drop_last else math.ceil(n / b)
+# %% ../nbs/03_dataset.ipynb #e9cb973c
+@patch
+def __len__(self:DeviceBatchLoader):
+    n, b = len(self.images), self.batch_size
+    return n // b if self.drop_last else math.ceil(n / b)
 
-    def _order(self)->torch.Tensor:
-        "This epoch's order of image indices (drawn on the host: a few kB, once per epoch)."
-        n = len(self.images)
-        if self.weights is not None: return torch.multinomial(self.weights, n, replacement=True, generator=self.generator)
-        return torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+@patch
+def _order(self:DeviceBatchLoader)->torch.Tensor:
+    "This epoch's order of image indices (drawn on the host: a few kB, once per epoch)."
+    n = len(self.images)
+    if self.weights is not None: return torch.multinomial(self.weights, n, replacement=True, generator=self.generator)
+    return torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
 
-    def __iter__(self):
-        order, b = self._order().to(self.device), self.batch_size
-        for i in range(len(self)):
-            idx = order[i*b:(i+1)*b]
-            yield self.resize(self.normalize(self.images[idx])), self.targets[idx]
+@patch
+def __iter__(self:DeviceBatchLoader):
+    order, b = self._order().to(self.device), self.batch_size
+    for i in range(len(self)):
+        idx = order[i*b:(i+1)*b]
+        yield self.resize(self.normalize(self.images[idx])), self.targets[idx]
 
 # %% ../nbs/03_dataset.ipynb #3338d5da
-def _cores()->int:
-    try: return len(os.sched_getaffinity(0))
-    except AttributeError: return os.cpu_count() or 1
-
 def _available_ram()->int:
     "Bytes of host memory available for new allocations."
     try:
@@ -246,8 +253,17 @@ def _moments(rows:pd.DataFrame)->tuple:
 # %% ../nbs/03_dataset.ipynb #8e429422
 _MEMORY = ('auto', 'cpu', 'gpu', False)
 
+def _check_modes(augment_on:str, in_memory, augment:bool):
+    "Refuse an unknown `augment_on` or `in_memory`, and images on the device with augmentation on the CPU."
+    if augment_on not in ('cpu', 'gpu'): raise ValueError(f"augment_on must be 'cpu' or 'gpu', not {augment_on!r}")
+    if in_memory not in _MEMORY or in_memory is True: raise ValueError(f"in_memory must be one of {_MEMORY}, not {in_memory!r}")
+    if in_memory == 'gpu' and augment_on == 'cpu' and augment:
+        raise ValueError("in_memory='gpu' keeps the images on the device, where CPU augmentation cannot reach them: "
+                         "use augment_on='gpu' (or aug=None)")
+
+# %% ../nbs/03_dataset.ipynb #46bcd050
 class PneumoniaDataModule(pl.LightningDataModule):
-    "Train/val/test/predict loaders over a cache, with augmentation on the CPU or the GPU and images in memory or files."
+    "Train/val/test loaders over a cache, with augmentation on the CPU or the GPU and images in memory or files."
     def __init__(self,
                  cache, # a cache folder written by `preprocess`
                  fold:int|None=None, # None: the manifest's split; k: validate on fold k, train on the others
@@ -264,14 +280,10 @@ class PneumoniaDataModule(pl.LightningDataModule):
                  seed:int=42, # seed of shuffling and sampling
                 ):
         super().__init__()
-        if augment_on not in ('cpu', 'gpu'): raise ValueError(f"augment_on must be 'cpu' or 'gpu', not {augment_on!r}")
-        if in_memory not in _MEMORY or in_memory is True: raise ValueError(f"in_memory must be one of {_MEMORY}, not {in_memory!r}")
         self.augment = aug is not None and aug.enabled
-        if in_memory == 'gpu' and augment_on == 'cpu' and self.augment:
-            raise ValueError("in_memory='gpu' keeps the images on the device, where CPU augmentation cannot reach them: "
-                             "use augment_on='gpu' (or aug=None)")
+        _check_modes(augment_on, in_memory, self.augment)
         self.cache, self.fold, self.batch_size, self.balanced, self.aug = Path(cache), fold, batch_size, balanced, aug
-        self.num_workers = min(8, _cores()) if num_workers is None else num_workers
+        self.num_workers = min(8, num_cpus()) if num_workers is None else num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.persistent_workers, self.augment_on, self.in_memory = persistent_workers, augment_on, in_memory
         self.size_arg, self.device_arg, self.seed = size, device, seed
@@ -279,21 +291,30 @@ class PneumoniaDataModule(pl.LightningDataModule):
         self._seeds = torch.Generator().manual_seed(seed)  # a new seed for each training loader, from one seeded stream
 
 # %% ../nbs/03_dataset.ipynb #48c6a9e2
+def _split_rows(m:pd.DataFrame, # a manifest
+                fold:int|None, # None: its split; k: validate on fold k, train on the others
+                cache, # the cache folder, for the message
+               )->tuple:
+    "(train, val, test) rows: the test rows are in neither of the others; without any, test is val (the same object)."
+    test = m.split == 'test'
+    if fold is None: tr, va = m[m.split == 'train'], m[m.split == 'val']
+    else:
+        folds = sorted(m.fold.unique())
+        if fold not in folds: raise ValueError(f'fold {fold} is not in the manifest, which has folds {folds}')
+        tr, va = m[(m.fold != fold) & ~test], m[(m.fold == fold) & ~test]
+    if tr.empty: raise ValueError(f'{cache}: no training rows')
+    tr, va = tr.reset_index(drop=True), va.reset_index(drop=True)
+    return tr, va, (m[test].reset_index(drop=True) if test.any() else va)
+
+# %% ../nbs/03_dataset.ipynb #f5aab873
 @patch
 def setup(self:PneumoniaDataModule, stage:str|None=None):
     "Read manifest and stats; set rows, `mean`, `std`, `size`, `pos_weight`, the memory mode and `batch_transform`."
     if self._ready: return
     m, st = load_manifest(self.cache), load_stats(self.cache)
     self.cache_size = int(st['size']); self.size = self.size_arg or self.cache_size
-    test = m.split == 'test'
-    if self.fold is None: tr, va = m[m.split == 'train'], m[m.split == 'val']
-    else:
-        folds = sorted(m.fold.unique())
-        if self.fold not in folds: raise ValueError(f'fold {self.fold} is not in the manifest, which has folds {folds}')
-        tr, va = m[(m.fold != self.fold) & ~test], m[(m.fold == self.fold) & ~test]
-    if tr.empty: raise ValueError(f'{self.cache}: no training rows')
-    self.train_rows, self.val_rows = tr.reset_index(drop=True), va.reset_index(drop=True)
-    self.test_rows = m[test].reset_index(drop=True) if test.any() else self.val_rows
+    self.train_rows, self.val_rows, self.test_rows = _split_rows(m, self.fold, self.cache)
+    tr = self.train_rows
     self.mean, self.std = _moments(tr)
     pos = int(tr.Target.sum()); self.pos_weight = (len(tr) - pos) / max(pos, 1)
     self.device = self._device()
@@ -301,6 +322,7 @@ def setup(self:PneumoniaDataModule, stage:str|None=None):
     if self.augment_on == 'gpu' and self.augment: self.batch_transform = gpu_augment(self.size, self.mean, self.std, self.aug)
     self._ready = True
 
+# %% ../nbs/03_dataset.ipynb #57f1db15
 @patch
 def _device(self:PneumoniaDataModule)->torch.device:
     if self.device_arg is not None: return torch.device(self.device_arg)
@@ -325,6 +347,15 @@ def _images(self:PneumoniaDataModule, name:str, rows:pd.DataFrame):
         self._arrays[name] = torch.from_numpy(a).to(self.device) if self.memory == 'gpu' else a
     return self._arrays[name]
 
+# %% ../nbs/03_dataset.ipynb #fe282397
+def _worker_context(num_workers:int, memory)->str|None:
+    "How loader workers start: forked to share an in-memory array, never forked from a process in a DDP group."
+    # forked workers share the in-memory array instead of each receiving a pickled copy; but a process that has
+    # joined a process group (DDP) must not fork: its workers could inherit locks held by the group's threads
+    ddp = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return None if num_workers == 0 else 'forkserver' if ddp and os.name == 'posix' else 'fork' if memory == 'cpu' and os.name == 'posix' else None
+
+# %% ../nbs/03_dataset.ipynb #9c527bd1
 @patch
 def _loader(self:PneumoniaDataModule, name:str, rows:pd.DataFrame, train:bool=False):
     self.setup()
@@ -343,14 +374,12 @@ def _loader(self:PneumoniaDataModule, name:str, rows:pd.DataFrame, train:bool=Fa
     g = torch.Generator().manual_seed(seed) if train else None
     sampler = WeightedRandomSampler(weights, len(rows), replacement=True, generator=g) if weights is not None else None
     nw = self.num_workers
-    # forked workers share the in-memory array instead of each receiving a pickled copy; but a process that has
-    # joined a process group (DDP) must not fork: its workers could inherit locks held by the group's threads
-    ddp = torch.distributed.is_available() and torch.distributed.is_initialized()
-    ctx = None if nw == 0 else 'forkserver' if ddp and os.name == 'posix' else 'fork' if self.memory == 'cpu' and os.name == 'posix' else None
+    ctx = _worker_context(nw, self.memory)
     return DataLoader(ds, self.batch_size, shuffle=train and sampler is None, sampler=sampler, drop_last=drop_last,
                       num_workers=nw, pin_memory=self.pin_memory, generator=g, multiprocessing_context=ctx,
                       persistent_workers=self.persistent_workers and nw > 0 and name in ('train', 'val'))
 
+# %% ../nbs/03_dataset.ipynb #72739f7d
 @patch
 def _warn_unplugged(self:PneumoniaDataModule):
     "Warn when training on the GPU path with a model that does not apply `batch_transform`."
@@ -368,8 +397,6 @@ def train_dataloader(self:PneumoniaDataModule):
 def val_dataloader(self:PneumoniaDataModule): self.setup(); return self._loader('val', self.val_rows)
 @patch
 def test_dataloader(self:PneumoniaDataModule): self.setup(); return self._loader('test', self.test_rows)
-@patch
-def predict_dataloader(self:PneumoniaDataModule): self.setup(); return self._loader('test', self.test_rows)
 
 # %% ../nbs/03_dataset.ipynb #cdfaff17
 def _load_float(path): return np.load(path).astype(np.float32)

@@ -6,8 +6,9 @@
 __all__ = ['write_dicom', 'synthetic_chest', 'random_boxes', 'make_demo_dataset']
 
 # %% ../nbs/01_demo.ipynb #e278608f
-import csv, importlib.util, io, json, math, os, tempfile, uuid, warnings
+import csv, importlib.util, io, json, math, uuid
 from pathlib import Path
+from types import SimpleNamespace
 import cv2
 import numpy as np
 from PIL import Image
@@ -53,6 +54,39 @@ def _check_pixels(pixels, transfer_syntax, photometric, bits_stored) -> int:
     return bits
 
 # %% ../nbs/01_demo.ipynb #c895a38d
+def _challenge_header(transfer_syntax:str, patient_id:str, sex:str, age, view:str, modality:str)->Dataset:
+    "A dataset with the file meta information and the header fields of a challenge file, without pixel data."
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if transfer_syntax == 'jpeg' else _SYNTAXES[transfer_syntax]
+    ds.SpecificCharacterSet = 'ISO_IR 100'
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    ds.StudyDate, ds.StudyTime, ds.AccessionNumber = '19010101', '000000.00', ''
+    ds.Modality, ds.ConversionType, ds.ReferringPhysicianName = modality, 'WSD', ''
+    ds.SeriesDescription = f'view: {view}'
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = patient_id, patient_id, '', sex
+    # the challenge files hold a bare number ('62') where the standard wants '062Y': keep it, unvalidated
+    ds.add(DataElement(0x00101010, 'AS', str(age), validation_mode=dcm_config.IGNORE))
+    ds.BodyPartExamined, ds.ViewPosition = 'CHEST', view
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.StudyID, ds.SeriesNumber, ds.InstanceNumber, ds.PatientOrientation = '', 1, 1, ''
+    return ds
+
+# %% ../nbs/01_demo.ipynb #0e9d2aa3
+def _encode(ds:Dataset, pixels:np.ndarray, transfer_syntax:str, quality:int):
+    "Compress `ds`'s pixel data, in place, as `transfer_syntax` asks (JPEG through Pillow, RLE, JPEG 2000)."
+    if transfer_syntax == 'jpeg':
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, 'JPEG', quality=quality)
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.PixelData = encapsulate([buf.getvalue()])
+        ds['PixelData'].VR = 'OB'
+        ds.LossyImageCompression, ds.LossyImageCompressionMethod = '01', 'ISO_10918_1'
+    elif transfer_syntax == 'rle': ds.compress(RLELossless, generate_instance_uid=False)
+    elif transfer_syntax == 'jpeg2000':
+        ds.compress(JPEG2000Lossless, encoding_plugin='pylibjpeg', generate_instance_uid=False)
+
+# %% ../nbs/01_demo.ipynb #747ca547
 def write_dicom(path, # where to write the file (parent folders are created)
                 pixels:np.ndarray, # 2-D image, uint8 (8 bits allocated) or uint16 (16 bits allocated), written as given
                 *,
@@ -71,34 +105,12 @@ def write_dicom(path, # where to write the file (parent folders are created)
                ) -> Path:
     "Write `pixels` as a Secondary Capture DICOM file shaped like the RSNA challenge files, atomically"
     bits = _check_pixels(pixels, transfer_syntax, photometric, bits_stored)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if transfer_syntax == 'jpeg' else _SYNTAXES[transfer_syntax]
-    ds.SpecificCharacterSet = 'ISO_IR 100'
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
-    ds.StudyDate, ds.StudyTime, ds.AccessionNumber = '19010101', '000000.00', ''
-    ds.Modality, ds.ConversionType, ds.ReferringPhysicianName = modality, 'WSD', ''
-    ds.SeriesDescription = f'view: {view}'
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = patient_id, patient_id, '', sex
-    # the challenge files hold a bare number ('62') where the standard wants '062Y': keep it, unvalidated
-    ds.add(DataElement(0x00101010, 'AS', str(age), validation_mode=dcm_config.IGNORE))
-    ds.BodyPartExamined, ds.ViewPosition = 'CHEST', view
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.StudyID, ds.SeriesNumber, ds.InstanceNumber, ds.PatientOrientation = '', 1, 1, ''
+    ds = _challenge_header(transfer_syntax, patient_id, sex, age, view, modality)
     ds.set_pixel_data(pixels, photometric, bits, generate_instance_uid=False)
     ds.PixelSpacing = [_ds(pixel_spacing)]*2
     if window is not None: ds.WindowCenter, ds.WindowWidth = _ds(window[0]), _ds(window[1])
     if rescale is not None: ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = _ds(rescale[1]), _ds(rescale[0]), 'US'
-    if transfer_syntax == 'jpeg':
-        buf = io.BytesIO()
-        Image.fromarray(pixels).save(buf, 'JPEG', quality=quality)
-        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
-        ds.PixelData = encapsulate([buf.getvalue()])
-        ds['PixelData'].VR = 'OB'
-        ds.LossyImageCompression, ds.LossyImageCompressionMethod = '01', 'ISO_10918_1'
-    elif transfer_syntax == 'rle': ds.compress(RLELossless, generate_instance_uid=False)
-    elif transfer_syntax == 'jpeg2000':
-        ds.compress(JPEG2000Lossless, encoding_plugin='pylibjpeg', generate_instance_uid=False)
+    _encode(ds, pixels, transfer_syntax, quality)
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     return atomic_write(path, write=lambda tmp: ds.save_as(tmp, enforce_file_format=True))
@@ -143,69 +155,99 @@ def _add_opacity(img, # float32 L×L canvas, changed in place
     img[y0:y1, x0:x1] += rng.uniform(0.2, 0.28)*m*tex
 
 # %% ../nbs/01_demo.ipynb #9097d548
-def _chest_canvas(rng, L:int) -> tuple:
-    "Draw the anatomy on an L×L float32 canvas; returns it with the exposure parameters and a grain seed"
+def _frame(rng, L:int)->SimpleNamespace:
+    "Where this chest is on an L×L canvas: the grid, the midline, the torso's half-width, the lungs' extent, the mediastinum."
     yy, xx = np.mgrid[0:L, 0:L].astype(np.float32)/L
     cx = 0.5 + rng.normal(0, 0.015)
     bw = rng.uniform(0.36, 0.43)                                  # half-width of the torso
     top, bottom = rng.uniform(0.14, 0.2), rng.uniform(0.7, 0.8)   # lung apices / costophrenic angles
     med = rng.uniform(0.05, 0.07)                                 # half-width of the mediastinum
-    img = np.full((L, L), 0.03, np.float32) + 0.04*yy
-    # body: torso with sloping shoulders, and the neck
+    return SimpleNamespace(L=L, yy=yy, xx=xx, cx=cx, bw=bw, top=top, bottom=bottom, med=med)
+
+# %% ../nbs/01_demo.ipynb #74537d73
+def _body(rng, f:SimpleNamespace)->np.ndarray:
+    "The body's soft mask: a torso with sloping shoulders, and the neck."
+    L, cx, bw = f.L, f.cx, f.bw
     body = np.zeros((L, L), np.uint8)
-    sh = top - rng.uniform(0.03, 0.06)
+    sh = f.top - rng.uniform(0.03, 0.06)
     half = [(0.075, -0.05), (0.085, sh-0.06), (bw*0.7, sh-0.02), (bw+0.06, sh+0.04), (bw+0.02, 0.5), (bw-0.01, 1.05)]
     outline = [(cx-dx, y) for dx, y in half] + [(cx+dx, y) for dx, y in half[::-1]]
     cv2.fillPoly(body, [(_chaikin(np.array(outline, np.float32), 2)*L).astype(np.int32)], 255)
-    body = cv2.GaussianBlur(body.astype(np.float32)/255, (0, 0), L*0.015)
-    img += body*rng.uniform(0.42, 0.5)
-    # mediastinum and spine (with vertebrae)
-    img += body*np.exp(-((xx-cx)/med)**2)*0.1
-    img += body*np.exp(-((xx-cx)/(med*0.45))**4)*(0.06 + 0.02*np.cos(yy*2*np.pi/0.032))
-    # lungs
+    return cv2.GaussianBlur(body.astype(np.float32)/255, (0, 0), L*0.015)
+
+# %% ../nbs/01_demo.ipynb #cdd8d61a
+def _lungs(rng, f:SimpleNamespace)->np.ndarray:
+    "Both lungs' soft mask."
+    L = f.L
     lungs = np.zeros((L, L), np.uint8)
     for s in (-1, 1):
         p = _LUNG + rng.normal(0, 0.01, _LUNG.shape).astype(np.float32)
         if s > 0: p[:, 0] += 0.3*np.clip((p[:, 1]-0.45)/0.45, 0, 1)**0.7*np.clip(1-p[:, 0], 0, 1)  # heart
-        t, b = top + rng.uniform(-0.01, 0.01), bottom + rng.uniform(-0.03, 0.02)
-        xi, xo = med*rng.uniform(0.9, 1.2), bw - rng.uniform(0.04, 0.06)
-        pts = np.stack([cx + s*(xi + p[:, 0]*(xo-xi)), t + p[:, 1]*(b-t)], 1)
+        t, b = f.top + rng.uniform(-0.01, 0.01), f.bottom + rng.uniform(-0.03, 0.02)
+        xi, xo = f.med*rng.uniform(0.9, 1.2), f.bw - rng.uniform(0.04, 0.06)
+        pts = np.stack([f.cx + s*(xi + p[:, 0]*(xo-xi)), t + p[:, 1]*(b-t)], 1)
         cv2.fillPoly(lungs, [(_chaikin(pts)*L).astype(np.int32)], 255)
-    lungs = cv2.GaussianBlur(lungs.astype(np.float32)/255, (0, 0), L*0.008)
-    heart = np.zeros((L, L), np.uint8)
-    cv2.ellipse(heart, _px(L, cx+rng.uniform(0.03, 0.06), bottom-rng.uniform(0.08, 0.12)),
+    return cv2.GaussianBlur(lungs.astype(np.float32)/255, (0, 0), L*0.008)
+
+def _heart(rng, f:SimpleNamespace)->np.ndarray:
+    "The heart's soft mask: an ellipse low on the patient's left."
+    L, heart = f.L, np.zeros((f.L, f.L), np.uint8)
+    cv2.ellipse(heart, _px(L, f.cx+rng.uniform(0.03, 0.06), f.bottom-rng.uniform(0.08, 0.12)),
                 _px(L, rng.uniform(0.12, 0.15), rng.uniform(0.1, 0.12)), rng.uniform(-30, -15), 0, 360, 255, -1)
-    img += cv2.GaussianBlur(heart.astype(np.float32)/255, (0, 0), L*0.015)*0.05
-    v = np.clip((yy-top)/(bottom-top), 0, 1)
-    img -= lungs*rng.uniform(0.26, 0.34)*(0.8 + 0.2*np.sin(v*np.pi))  # darkest in the middle
-    # vessels fanning out from the hila
-    marks = np.zeros((L, L), np.uint8)
+    return cv2.GaussianBlur(heart.astype(np.float32)/255, (0, 0), L*0.015)
+
+# %% ../nbs/01_demo.ipynb #5659b31b
+def _vessels(rng, f:SimpleNamespace)->np.ndarray:
+    "The vessels' marks, fanning out from both hila."
+    L, marks = f.L, np.zeros((f.L, f.L), np.uint8)
     for s in (-1, 1):
-        h = (cx + s*(med+0.04), top + 0.42*(bottom-top))
+        h = (f.cx + s*(f.med+0.04), f.top + 0.42*(f.bottom-f.top))
         for a in rng.uniform(-np.pi*0.6, np.pi*0.6, 14):
             r, a2 = rng.uniform(0.08, 0.22), a + rng.normal(0, 0.25)
             m = (h[0] + s*r*0.5*np.cos(a), h[1] + r*0.5*np.sin(a))
             e = (m[0] + s*r*0.6*np.cos(a2), m[1] + r*0.6*np.sin(a2))
             cv2.line(marks, _px(L, *h), _px(L, *m), 150, max(1, int(L*0.008)))
             cv2.line(marks, _px(L, *m), _px(L, *e), 90, 1)
-    img += cv2.GaussianBlur(marks.astype(np.float32)/255, (0, 0), L*0.004)*lungs*0.12
-    # gas bubble in the stomach, under the left diaphragm
-    gas = np.zeros((L, L), np.uint8)
-    cv2.ellipse(gas, _px(L, cx+rng.uniform(0.12, 0.2), bottom+rng.uniform(0.03, 0.07)),
+    return cv2.GaussianBlur(marks.astype(np.float32)/255, (0, 0), L*0.004)
+
+def _gas(rng, f:SimpleNamespace)->np.ndarray:
+    "The stomach's gas bubble, under the left diaphragm."
+    L, gas = f.L, np.zeros((f.L, f.L), np.uint8)
+    cv2.ellipse(gas, _px(L, f.cx+rng.uniform(0.12, 0.2), f.bottom+rng.uniform(0.03, 0.07)),
                 _px(L, rng.uniform(0.04, 0.07), 0.03), 0, 0, 360, 255, -1)
-    img -= cv2.GaussianBlur(gas.astype(np.float32)/255, (0, 0), L*0.01)*rng.uniform(0.05, 0.15)
-    # posterior ribs leaving the spine and curving down the sides, and the clavicles
+    return cv2.GaussianBlur(gas.astype(np.float32)/255, (0, 0), L*0.01)
+
+# %% ../nbs/01_demo.ipynb #24ab7dd4
+def _ribs(rng, f:SimpleNamespace)->np.ndarray:
+    "The ribs' and clavicles' soft mask."
+    L, cx, med, bw, top = f.L, f.cx, f.med, f.bw, f.top
     ribs = np.zeros((L, L), np.uint8)
-    n_ribs = 10; gap = (bottom-top)/(n_ribs-1.5)
+    n_ribs = 10; gap = (f.bottom-top)/(n_ribs-1.5)
     for s in (-1, 1):
         for i in range(n_ribs):
             y0 = top - 0.03 + i*gap*rng.uniform(0.95, 1.05)
             cv2.ellipse(ribs, _px(L, cx + s*med*0.6, y0 + 0.22 + 0.02*i), _px(L, (bw-med*0.6)*rng.uniform(0.95, 1.05), 0.22 + 0.02*i),
                         0, *((182, 268) if s < 0 else (272, 358)), 255, max(1, int(L*0.012)))
         cv2.line(ribs, _px(L, cx+s*0.05, top+0.03), _px(L, cx+s*(bw-0.02), top-0.02), 255, max(1, int(L*0.018)))
-    img += cv2.GaussianBlur(ribs.astype(np.float32)/255, (0, 0), L*0.004)*body*(0.02 + 0.08*lungs)
-    # smooth intensity variation, slight blur, rotation of a few degrees
-    img += 0.025*_smooth_noise(rng, (L, L), 5)*body
+    return cv2.GaussianBlur(ribs.astype(np.float32)/255, (0, 0), L*0.004)
+
+# %% ../nbs/01_demo.ipynb #305455bb
+def _chest_canvas(rng, L:int) -> tuple:
+    "Draw the anatomy on an L×L float32 canvas; returns it with the exposure parameters and a grain seed"
+    f = _frame(rng, L); yy, xx, cx, med = f.yy, f.xx, f.cx, f.med
+    img = np.full((L, L), 0.03, np.float32) + 0.04*yy
+    body = _body(rng, f)
+    img += body*rng.uniform(0.42, 0.5)
+    img += body*np.exp(-((xx-cx)/med)**2)*0.1                                                   # mediastinum
+    img += body*np.exp(-((xx-cx)/(med*0.45))**4)*(0.06 + 0.02*np.cos(yy*2*np.pi/0.032))       # spine, with vertebrae
+    lungs = _lungs(rng, f)
+    img += _heart(rng, f)*0.05
+    v = np.clip((yy-f.top)/(f.bottom-f.top), 0, 1)
+    img -= lungs*rng.uniform(0.26, 0.34)*(0.8 + 0.2*np.sin(v*np.pi))  # darkest in the middle
+    img += _vessels(rng, f)*lungs*0.12
+    img -= _gas(rng, f)*rng.uniform(0.05, 0.15)
+    img += _ribs(rng, f)*body*(0.02 + 0.08*lungs)
+    img += 0.025*_smooth_noise(rng, (L, L), 5)*body   # smooth intensity variation, slight blur, rotation
     img = cv2.GaussianBlur(img, (0, 0), L*0.003)
     M = cv2.getRotationMatrix2D((L/2, L/2), rng.uniform(-4, 4), 1.0)
     img = cv2.warpAffine(img, M, (L, L), borderMode=cv2.BORDER_REPLICATE)
@@ -297,6 +339,27 @@ def _demo_complete(dest:Path, params:dict) -> bool:
         all((dest/'stage_2_train_images'/f'{i}.dcm').exists() for i in ids)
 
 # %% ../nbs/01_demo.ipynb #2b7182ec
+def _remove_stale(dest:Path, img_dir:Path, ids:set):
+    "Remove what an older demo dataset (its other images, its demo.json) or a crash (temporary files) left in `dest`."
+    if (dest/'demo.json').exists():  # an older demo dataset: remove its images that are not part of this one
+        for f in img_dir.glob('*.dcm'):
+            if f.stem not in ids: f.unlink()
+        (dest/'demo.json').unlink()
+    for f in [*img_dir.glob('.*.dcm.*.tmp'), *dest.glob('.*.tmp')]: f.unlink(missing_ok=True)  # left by a crash
+
+# %% ../nbs/01_demo.ipynb #83ea7199
+def _write_images(img_dir:Path, patients:list, image_size:int, progress:bool)->list:
+    "Draw and write every patient's image (with its boxes, for the positives); the boxes, in patient order."
+    all_boxes = []
+    for p in progress_bar(patients, desc='demo dataset', unit='img', disable=not progress):
+        boxes = random_boxes(p['rng'], image_size) if p['target'] else []
+        px = synthetic_chest(np.random.default_rng(p['pix_seed']), image_size, boxes)
+        write_dicom(img_dir/f"{p['patient_id']}.dcm", px, transfer_syntax='jpeg', patient_id=p['patient_id'],
+                    sex=p['sex'], age=p['age'], view=p['view'], modality='CR', pixel_spacing=p['spacing']*1024/image_size)
+        all_boxes.append(boxes)
+    return all_boxes
+
+# %% ../nbs/01_demo.ipynb #edfc7d65
 def make_demo_dataset(dest, # folder to write into (created if needed)
                       n:int=300, # number of patients (one image each)
                       image_size:int=1024, # images are image_size×image_size, like the challenge's 1024
@@ -312,19 +375,8 @@ def make_demo_dataset(dest, # folder to write into (created if needed)
     img_dir = dest/'stage_2_train_images'
     img_dir.mkdir(parents=True, exist_ok=True)
     patients = _demo_patients(n, positive_frac, seed)
-    ids = {p['patient_id'] for p in patients}
-    if (dest/'demo.json').exists():  # an older demo dataset: remove its images that are not part of this one
-        for f in img_dir.glob('*.dcm'):
-            if f.stem not in ids: f.unlink()
-        (dest/'demo.json').unlink()
-    for f in [*img_dir.glob('.*.dcm.*.tmp'), *dest.glob('.*.tmp')]: f.unlink(missing_ok=True)  # left by a crash
-    all_boxes = []
-    for p in progress_bar(patients, desc='demo dataset', unit='img', disable=not progress):
-        boxes = random_boxes(p['rng'], image_size) if p['target'] else []
-        px = synthetic_chest(np.random.default_rng(p['pix_seed']), image_size, boxes)
-        write_dicom(img_dir/f"{p['patient_id']}.dcm", px, transfer_syntax='jpeg', patient_id=p['patient_id'],
-                    sex=p['sex'], age=p['age'], view=p['view'], modality='CR', pixel_spacing=p['spacing']*1024/image_size)
-        all_boxes.append(boxes)
+    _remove_stale(dest, img_dir, {p['patient_id'] for p in patients})
+    all_boxes = _write_images(img_dir, patients, image_size, progress)
     _write_csvs(dest, patients, all_boxes)
     atomic_write(dest/'demo.json', write=lambda tmp: Path(tmp).write_text(json.dumps(params, indent=1)))
     return dest

@@ -135,6 +135,16 @@ def _smooth_noise(rng, shape, cells:int) -> np.ndarray:
 
 def _px(L, *xy): return tuple(int(round(v*L)) for v in xy)  # relative coordinates → pixels of an L×L canvas
 
+def _soft(mask:np.ndarray, sigma:float)->np.ndarray:
+    "A drawn uint8 mask (0 or 255) as a float32 mask in [0, 1], blurred by `sigma` pixels"
+    return cv2.GaussianBlur(mask.astype(np.float32)/255, (0, 0), sigma)
+
+def _ellipse(L:int, center:tuple, axes:tuple, angle:float, blur:float)->np.ndarray:
+    "The soft mask of a filled ellipse (centre and half-axes relative to the canvas, blur relative to its side)"
+    m = np.zeros((L, L), np.uint8)
+    cv2.ellipse(m, _px(L, *center), _px(L, *axes), angle, 0, 360, 255, -1)
+    return _soft(m, L*blur)
+
 # %% ../nbs/01_demo.ipynb #0f6aaae5
 def _add_opacity(img, # float32 L×L canvas, changed in place
                  box, # (x, y, width, height) in pixels of the final image
@@ -173,7 +183,7 @@ def _body(rng, f:SimpleNamespace)->np.ndarray:
     half = [(0.075, -0.05), (0.085, sh-0.06), (bw*0.7, sh-0.02), (bw+0.06, sh+0.04), (bw+0.02, 0.5), (bw-0.01, 1.05)]
     outline = [(cx-dx, y) for dx, y in half] + [(cx+dx, y) for dx, y in half[::-1]]
     cv2.fillPoly(body, [(_chaikin(np.array(outline, np.float32), 2)*L).astype(np.int32)], 255)
-    return cv2.GaussianBlur(body.astype(np.float32)/255, (0, 0), L*0.015)
+    return _soft(body, L*0.015)
 
 # %% ../nbs/01_demo.ipynb #cdd8d61a
 def _lungs(rng, f:SimpleNamespace)->np.ndarray:
@@ -187,14 +197,12 @@ def _lungs(rng, f:SimpleNamespace)->np.ndarray:
         xi, xo = f.med*rng.uniform(0.9, 1.2), f.bw - rng.uniform(0.04, 0.06)
         pts = np.stack([f.cx + s*(xi + p[:, 0]*(xo-xi)), t + p[:, 1]*(b-t)], 1)
         cv2.fillPoly(lungs, [(_chaikin(pts)*L).astype(np.int32)], 255)
-    return cv2.GaussianBlur(lungs.astype(np.float32)/255, (0, 0), L*0.008)
+    return _soft(lungs, L*0.008)
 
 def _heart(rng, f:SimpleNamespace)->np.ndarray:
     "The heart's soft mask: an ellipse low on the patient's left."
-    L, heart = f.L, np.zeros((f.L, f.L), np.uint8)
-    cv2.ellipse(heart, _px(L, f.cx+rng.uniform(0.03, 0.06), f.bottom-rng.uniform(0.08, 0.12)),
-                _px(L, rng.uniform(0.12, 0.15), rng.uniform(0.1, 0.12)), rng.uniform(-30, -15), 0, 360, 255, -1)
-    return cv2.GaussianBlur(heart.astype(np.float32)/255, (0, 0), L*0.015)
+    return _ellipse(f.L, (f.cx+rng.uniform(0.03, 0.06), f.bottom-rng.uniform(0.08, 0.12)),
+                    (rng.uniform(0.12, 0.15), rng.uniform(0.1, 0.12)), rng.uniform(-30, -15), 0.015)
 
 # %% ../nbs/01_demo.ipynb #5659b31b
 def _vessels(rng, f:SimpleNamespace)->np.ndarray:
@@ -208,14 +216,11 @@ def _vessels(rng, f:SimpleNamespace)->np.ndarray:
             e = (m[0] + s*r*0.6*np.cos(a2), m[1] + r*0.6*np.sin(a2))
             cv2.line(marks, _px(L, *h), _px(L, *m), 150, max(1, int(L*0.008)))
             cv2.line(marks, _px(L, *m), _px(L, *e), 90, 1)
-    return cv2.GaussianBlur(marks.astype(np.float32)/255, (0, 0), L*0.004)
+    return _soft(marks, L*0.004)
 
 def _gas(rng, f:SimpleNamespace)->np.ndarray:
     "The stomach's gas bubble, under the left diaphragm."
-    L, gas = f.L, np.zeros((f.L, f.L), np.uint8)
-    cv2.ellipse(gas, _px(L, f.cx+rng.uniform(0.12, 0.2), f.bottom+rng.uniform(0.03, 0.07)),
-                _px(L, rng.uniform(0.04, 0.07), 0.03), 0, 0, 360, 255, -1)
-    return cv2.GaussianBlur(gas.astype(np.float32)/255, (0, 0), L*0.01)
+    return _ellipse(f.L, (f.cx+rng.uniform(0.12, 0.2), f.bottom+rng.uniform(0.03, 0.07)), (rng.uniform(0.04, 0.07), 0.03), 0, 0.01)
 
 # %% ../nbs/01_demo.ipynb #24ab7dd4
 def _ribs(rng, f:SimpleNamespace)->np.ndarray:
@@ -229,7 +234,7 @@ def _ribs(rng, f:SimpleNamespace)->np.ndarray:
             cv2.ellipse(ribs, _px(L, cx + s*med*0.6, y0 + 0.22 + 0.02*i), _px(L, (bw-med*0.6)*rng.uniform(0.95, 1.05), 0.22 + 0.02*i),
                         0, *((182, 268) if s < 0 else (272, 358)), 255, max(1, int(L*0.012)))
         cv2.line(ribs, _px(L, cx+s*0.05, top+0.03), _px(L, cx+s*(bw-0.02), top-0.02), 255, max(1, int(L*0.018)))
-    return cv2.GaussianBlur(ribs.astype(np.float32)/255, (0, 0), L*0.004)
+    return _soft(ribs, L*0.004)
 
 # %% ../nbs/01_demo.ipynb #305455bb
 def _chest_canvas(rng, L:int) -> tuple:

@@ -4,18 +4,7 @@
 
 # %% ../nbs/08_cli.ipynb #daaecb02
 from __future__ import annotations
-import argparse
-import ast
-import dataclasses
-import difflib
-import importlib
-import importlib.util
-import io
-import re
-import sys
-import time
-import tokenize
-import warnings
+import argparse, ast, dataclasses, difflib, importlib, importlib.util, io, re, sys, time, tokenize, warnings
 from pathlib import Path
 from typing import Literal, get_type_hints
 
@@ -41,7 +30,7 @@ def _sentence(text:str)->str:
     text = ' '.join(text.split())
     return text[:1].upper() + text[1:] + ('' if text.endswith('.') else '.')
 
-# %% ../nbs/08_cli.ipynb #1d5dd56b
+# %% ../nbs/08_cli.ipynb #5666a4d6
 _GROUPS = {k: t for k, t in get_type_hints(RunConfig).items() if dataclasses.is_dataclass(t)}   # demo, preprocess, model, ...
 
 def _add_group(p:ArgumentParser, key:str):
@@ -54,7 +43,7 @@ def _add_group(p:ArgumentParser, key:str):
         if a.dest == key: a.help = argparse.SUPPRESS   # a file for one group: --config covers them all
         elif a.dest.startswith(key + '.'): a.help = _sentence(docs[a.dest[len(key) + 1:]])
 
-# %% ../nbs/08_cli.ipynb #516fbe24
+# %% ../nbs/08_cli.ipynb #563452e5
 def _signature(name:str)->dict:
     "`{parameter: (annotation, default, comment)}` of the library function `name`, read from its module's source (not imported: no torch)."
     src = Path(importlib.util.find_spec(f'pneumonia_nb.{pneumonia_nb._API[name]}').origin).read_text()
@@ -65,7 +54,7 @@ def _signature(name:str)->dict:
     defaults = [None] * (len(a.args) - len(a.defaults)) + a.defaults
     return {x.arg: (x.annotation, d, notes.get(x.lineno)) for x, d in zip(a.args, defaults)}
 
-# %% ../nbs/08_cli.ipynb #505ad67e
+# %% ../nbs/08_cli.ipynb #9fb02115
 def _from_library(p:ArgumentParser, name:str, *params, **renamed):
     "Options `--param` (or `--option` for `option=param`) with the type, default and comment of the library function `name`'s parameters."
     sig = _signature(name)
@@ -75,11 +64,15 @@ def _from_library(p:ArgumentParser, name:str, *params, **renamed):
         kw = dict(action='store_true') if default is False else dict(type=eval(ast.unparse(ann), {'Path': Path}), default=default)
         p.add_argument(f'--{opt}', help=_sentence(note), **kw)
 
+_PASSED = {'predict_files': ('batch_size', 'device', 'workers', 'allow_seen'),   # the options a command passes on as they are
+           'tune': ('trials', 'epochs', 'timeout', 'folds', 'fold', 'space', 'storage', 'study', 'final', 'prune', 'seed')}
+def _passed(args, name:str)->dict: return {k: args[k] for k in _PASSED[name]}
+
 def _out(p:ArgumentParser, name:str, param:str='out', required:bool=True):
     "--out, with the comment of the library function `name`'s output parameter."
     p.add_argument('--out', type=str, required=required, help=_sentence(_signature(name)[param][2]))
 
-# %% ../nbs/08_cli.ipynb #5c70a1e9
+# %% ../nbs/08_cli.ipynb #0322c84f
 def _recipe_help()->str:
     "What --recipe does, with what the recipes change (computed from them)."
     base = RunConfig().to_dict()
@@ -88,7 +81,7 @@ def _recipe_help()->str:
             f"recipe's, used with --data or --cache; without them the 'demo' recipe is used ({changes('demo')}); 'original' is the original "
             f"example's ({changes('original')}).")
 
-# %% ../nbs/08_cli.ipynb #cdf306de
+# %% ../nbs/08_cli.ipynb #cdb07d95
 class _ConfigFile(ActionConfigFile):
     "jsonargparse's --config, whose errors name the file: not there, not YAML, an unknown key or a wrong value."
     def __call__(self, parser, cfg, values, option_string=None):
@@ -99,7 +92,7 @@ class _ConfigFile(ActionConfigFile):
             except yaml.YAMLError as bad: problem = yaml_problem(bad)   # PyYAML's own words, where jsonargparse's are several lines
             raise ConfigError(values, problem) from None
 
-# %% ../nbs/08_cli.ipynb #77d2ba3b
+# %% ../nbs/08_cli.ipynb #3985c29c
 _WORDS = [(r"<class '(?:\w+\.)*(\w+)'>", r'\1'), (r'typing\.', ''), (r'\bNoneType\b', 'null'), (r'Literal\[(.*?)\]', r'one of \1'),
           (r"^Group '(.+?)' does not accept option '(.+?)'", r'unknown key \1.\2'), (r"^Option '(.+?)' is not accepted", r'unknown key \1'),
           (r'^Unexpected config: (.*)', r'expected a mapping of options, not \1')]
@@ -124,7 +117,7 @@ def _training_options(p:ArgumentParser, command:str, required:bool):
     if command == 'run': p.add_argument('--out', type=str, required=required, help='Output folder: OUT/cache, OUT/train and OUT/evaluation.')
     else: _out(p, command, required=required)
     if command == 'train': _from_library(p, 'train', 'resume')
-    if command == 'tune': _from_library(p, 'tune', 'trials', 'epochs', 'timeout', 'folds', 'fold', 'space', 'storage', 'study', 'final', 'prune', 'seed')
+    if command == 'tune': _from_library(p, 'tune', *_PASSED['tune'])
 
 def _checkpoint_options(p:ArgumentParser):
     "predict, evaluate and export: the model."
@@ -154,12 +147,12 @@ def _options(p:ArgumentParser, command:str, required:bool=True):
     if command == 'predict':
         p.add_argument('paths', nargs='+', type=str, help=_sentence(_signature('predict_files')['paths'][2]))
         _out(p, 'predict_files')
-        _from_library(p, 'predict_files', 'batch_size', 'device', 'workers', 'allow_seen')
+        _from_library(p, 'predict_files', *_PASSED['predict_files'])
     if command == 'export':
         _out(p, 'export_model', 'out_dir')
         p.add_argument('--format', type=list[ExportFormat], default=list(EXPORT_FORMATS), help=_sentence(_signature('export_model')['formats'][2]))
 
-# %% ../nbs/08_cli.ipynb #01e714e1
+# %% ../nbs/08_cli.ipynb #5fea46fa
 _TRAINING = list(_GROUPS)
 _COMMANDS = {   # name: (one line, what it does, the groups of `RunConfig` it takes)
     'demo': ('write the built-in demo dataset (generated DICOMs in the RSNA layout)', 'Write the built-in demo dataset in the RSNA challenge layout: '
@@ -195,7 +188,7 @@ _COMMANDS = {   # name: (one line, what it does, the groups of `RunConfig` it ta
              'OUT/report.md. The options of the groups set the starting configuration (trial 0) and every option the space does not '
              'search. Without --data or --cache the demo dataset is generated into OUT/demo_data.', _TRAINING)}
 
-# %% ../nbs/08_cli.ipynb #b996a357
+# %% ../nbs/08_cli.ipynb #558aa581
 def _parser(command:str, probe:bool=False)->ArgumentParser:
     "The parser of `command`; `probe`: one that learns the input and the recipe first (no --print_config, nothing required)."
     _, about, groups = _COMMANDS[command]
@@ -242,7 +235,7 @@ def _preprocess(args, cfg:RunConfig):
     _preprocess_from(args.data, args.out, cfg, args)
     if args.export_folder: print(f"exported     {_lazy('export_folder')(args.out, args.export_folder, progress=_progress(args))}")
 
-# %% ../nbs/08_cli.ipynb #70f6ee73
+# %% ../nbs/08_cli.ipynb #b6d84ef5
 def _cache_for(args, cfg:RunConfig, out:Path):
     "The cache to train on: --data preprocessed into OUT/cache, --cache, or the demo dataset's."
     if cfg.data is not None:
@@ -267,7 +260,7 @@ def _train(args, cfg:RunConfig):
     out = Path(args.out)
     _train_from(args, cfg, _cache_for(args, cfg, out), out, resume=args.resume)
 
-# %% ../nbs/08_cli.ipynb #9c5dc675
+# %% ../nbs/08_cli.ipynb #46160982
 def _ckpt(args):
     "--ckpt as the library takes it: one checkpoint, or the list of an ensemble's."
     return args.ckpt[0] if len(args.ckpt) == 1 else list(args.ckpt)
@@ -320,8 +313,7 @@ def _predict(args, cfg:RunConfig):
     if args.batch_size < 1: raise ConfigError('--batch_size', f'must be at least 1, not {args.batch_size}')
     for c in args.ckpt:   # before torch is imported
         if not Path(c).exists(): raise PneumoniaError(c, 'no such checkpoint file or folder')
-    res = _lazy('predict_files')(_ckpt(args), args.paths, out=args.out, batch_size=args.batch_size, device=args.device,
-                                 workers=args.workers, progress=_progress(args), trusted=args.trust_checkpoint, allow_seen=args.allow_seen)
+    res = _lazy('predict_files')(_ckpt(args), args.paths, out=args.out, progress=_progress(args), trusted=args.trust_checkpoint, **_passed(args, 'predict_files'))
     print(res.summary())
 
 def _export(args, cfg:RunConfig):
@@ -331,9 +323,7 @@ def _tune(args, cfg:RunConfig):
     tune, parse_space = _lazy('tune', 'parse_space')
     parse_space(args.space, cfg)   # a bad space fails before any data is prepared
     out = Path(args.out)
-    res = tune(_cache_for(args, cfg, out), out, cfg, space=args.space, trials=args.trials, epochs=args.epochs, timeout=args.timeout,
-               folds=args.folds, fold=args.fold, storage=args.storage, study=args.study, final=args.final, prune=args.prune,
-               progress=_progress(args), seed=args.seed)
+    res = tune(_cache_for(args, cfg, out), out, cfg, progress=_progress(args), **_passed(args, 'tune'))
     print(res.summary())
 
 _HANDLERS = dict(demo=_demo, preprocess=_preprocess, train=_train, evaluate=_evaluate, predict=_predict, export=_export, run=_run, tune=_tune)
@@ -343,12 +333,10 @@ _EXAMPLES = '''examples:
   pneumonia_nb run --out demo_run                         # everything, on the demo dataset
   pneumonia_nb preprocess --data rsna --out cache         # the real data into a cache
   pneumonia_nb train --cache cache --out run --recipe original
-  pneumonia_nb train --config run/config.yaml --out run2  # replay a run
-  pneumonia_nb train --cache cache --print_config         # the configuration train would run with
+  pneumonia_nb train --config run/config.yaml --out run2  # replay a run (--print_config: what it would run with)
   pneumonia_nb evaluate --ckpt run/checkpoints/best.ckpt --cache cache --out report
   pneumonia_nb predict --ckpt run/checkpoints/best.ckpt scans/ --out predictions.csv
-  pneumonia_nb train --cache cache --out cv --fit.cv_folds 5   # five fold models, and cv/ensemble.json
-  pneumonia_nb evaluate --ckpt cv --cache cache --out report_cv  # the five as one ensemble
+  pneumonia_nb train --cache cache --out cv --fit.cv_folds 5   # five fold models: give cv as --ckpt
   pneumonia_nb tune --cache cache --out study --trials 20   # Optuna search; rerun to add trials
   pneumonia_nb train --help                               # every option of a command
 
@@ -391,7 +379,9 @@ def main(argv:list|None=None, # arguments (default: sys.argv[1:])
     _one_line_warnings(command)
     def say(problem): print(f'pneumonia_nb {command}: error: {problem}', file=sys.stderr)
     try: _HANDLERS[command](*_parse(command, rest))
-    except SystemExit as e: return e.code or 0   # --help, --print_config
+    except SystemExit as e:   # --help and --print_config; and Lightning's own exit after Ctrl-C
+        if not isinstance(e.__context__, KeyboardInterrupt): return e.code or 0
+        print(f'pneumonia_nb {command}: interrupted; rerun the same command to resume', file=sys.stderr); return 130
     except argparse.ArgumentError as e: say(f'{_problem(str(e), _options_of(command))}\n(pneumonia_nb {command} --help explains every option)'); return 2
     except _USER_ERRORS as e: say(e); return 2
     except OSError as e:   # a full or read-only disk where no writer turned it into a PneumoniaError

@@ -30,7 +30,7 @@ def _sentence(text:str)->str:
     text = ' '.join(text.split())
     return text[:1].upper() + text[1:] + ('' if text.endswith('.') else '.')
 
-# %% ../nbs/08_cli.ipynb #5666a4d6
+# %% ../nbs/08_cli.ipynb #170712e7
 _GROUPS = {k: t for k, t in get_type_hints(RunConfig).items() if dataclasses.is_dataclass(t)}   # demo, preprocess, model, ...
 
 def _add_group(p:ArgumentParser, key:str):
@@ -43,7 +43,7 @@ def _add_group(p:ArgumentParser, key:str):
         if a.dest == key: a.help = argparse.SUPPRESS   # a file for one group: --config covers them all
         elif a.dest.startswith(key + '.'): a.help = _sentence(docs[a.dest[len(key) + 1:]])
 
-# %% ../nbs/08_cli.ipynb #563452e5
+# %% ../nbs/08_cli.ipynb #993395ca
 def _signature(name:str)->dict:
     "`{parameter: (annotation, default, comment)}` of the library function `name`, read from its module's source (not imported: no torch)."
     src = Path(importlib.util.find_spec(f'pneumonia_nb.{pneumonia_nb._API[name]}').origin).read_text()
@@ -54,7 +54,7 @@ def _signature(name:str)->dict:
     defaults = [None] * (len(a.args) - len(a.defaults)) + a.defaults
     return {x.arg: (x.annotation, d, notes.get(x.lineno)) for x, d in zip(a.args, defaults)}
 
-# %% ../nbs/08_cli.ipynb #9fb02115
+# %% ../nbs/08_cli.ipynb #920ce4d4
 def _from_library(p:ArgumentParser, name:str, *params, **renamed):
     "Options `--param` (or `--option` for `option=param`) with the type, default and comment of the library function `name`'s parameters."
     sig = _signature(name)
@@ -72,7 +72,7 @@ def _out(p:ArgumentParser, name:str, param:str='out', required:bool=True):
     "--out, with the comment of the library function `name`'s output parameter."
     p.add_argument('--out', type=str, required=required, help=_sentence(_signature(name)[param][2]))
 
-# %% ../nbs/08_cli.ipynb #0322c84f
+# %% ../nbs/08_cli.ipynb #46569556
 def _recipe_help()->str:
     "What --recipe does, with what the recipes change (computed from them)."
     base = RunConfig().to_dict()
@@ -81,7 +81,7 @@ def _recipe_help()->str:
             f"recipe's, used with --data or --cache; without them the 'demo' recipe is used ({changes('demo')}); 'original' is the original "
             f"example's ({changes('original')}).")
 
-# %% ../nbs/08_cli.ipynb #cdb07d95
+# %% ../nbs/08_cli.ipynb #2c9f476b
 class _ConfigFile(ActionConfigFile):
     "jsonargparse's --config, whose errors name the file: not there, not YAML, an unknown key or a wrong value."
     def __call__(self, parser, cfg, values, option_string=None):
@@ -92,7 +92,7 @@ class _ConfigFile(ActionConfigFile):
             except yaml.YAMLError as bad: problem = yaml_problem(bad)   # PyYAML's own words, where jsonargparse's are several lines
             raise ConfigError(values, problem) from None
 
-# %% ../nbs/08_cli.ipynb #3985c29c
+# %% ../nbs/08_cli.ipynb #8d638c99
 _WORDS = [(r"<class '(?:\w+\.)*(\w+)'>", r'\1'), (r'typing\.', ''), (r'\bNoneType\b', 'null'), (r'Literal\[(.*?)\]', r'one of \1'),
           (r"^Group '(.+?)' does not accept option '(.+?)'", r'unknown key \1.\2'), (r"^Option '(.+?)' is not accepted", r'unknown key \1'),
           (r'^Unexpected config: (.*)', r'expected a mapping of options, not \1')]
@@ -152,7 +152,7 @@ def _options(p:ArgumentParser, command:str, required:bool=True):
         _out(p, 'export_model', 'out_dir')
         p.add_argument('--format', type=list[ExportFormat], default=list(EXPORT_FORMATS), help=_sentence(_signature('export_model')['formats'][2]))
 
-# %% ../nbs/08_cli.ipynb #5fea46fa
+# %% ../nbs/08_cli.ipynb #80c3878d
 _TRAINING = list(_GROUPS)
 _COMMANDS = {   # name: (one line, what it does, the groups of `RunConfig` it takes)
     'demo': ('write the built-in demo dataset (generated DICOMs in the RSNA layout)', 'Write the built-in demo dataset in the RSNA challenge layout: '
@@ -188,7 +188,7 @@ _COMMANDS = {   # name: (one line, what it does, the groups of `RunConfig` it ta
              'OUT/report.md. The options of the groups set the starting configuration (trial 0) and every option the space does not '
              'search. Without --data or --cache the demo dataset is generated into OUT/demo_data.', _TRAINING)}
 
-# %% ../nbs/08_cli.ipynb #558aa581
+# %% ../nbs/08_cli.ipynb #3a3b6370
 def _parser(command:str, probe:bool=False)->ArgumentParser:
     "The parser of `command`; `probe`: one that learns the input and the recipe first (no --print_config, nothing required)."
     _, about, groups = _COMMANDS[command]
@@ -235,7 +235,7 @@ def _preprocess(args, cfg:RunConfig):
     _preprocess_from(args.data, args.out, cfg, args)
     if args.export_folder: print(f"exported     {_lazy('export_folder')(args.out, args.export_folder, progress=_progress(args))}")
 
-# %% ../nbs/08_cli.ipynb #b6d84ef5
+# %% ../nbs/08_cli.ipynb #ee2222c8
 def _cache_for(args, cfg:RunConfig, out:Path):
     "The cache to train on: --data preprocessed into OUT/cache, --cache, or the demo dataset's."
     if cfg.data is not None:
@@ -260,7 +260,7 @@ def _train(args, cfg:RunConfig):
     out = Path(args.out)
     _train_from(args, cfg, _cache_for(args, cfg, out), out, resume=args.resume)
 
-# %% ../nbs/08_cli.ipynb #46160982
+# %% ../nbs/08_cli.ipynb #82e6d52d
 def _ckpt(args):
     "--ckpt as the library takes it: one checkpoint, or the list of an ensemble's."
     return args.ckpt[0] if len(args.ckpt) == 1 else list(args.ckpt)

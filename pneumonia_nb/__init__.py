@@ -6,7 +6,8 @@ _API = dict(RunConfig='config', recipe='config', load_config='config', save_conf
             make_demo_dataset='demo', preprocess='cache', load_manifest='cache',
             train='training', cross_validate='training', evaluate='evaluation',
             load_classifier='model', load_model='evaluation', load_ensemble='evaluation', predict_files='inference',
-            export_model='inference')
+            export_model='inference', export_folder='cache', checkpoint_files='evaluation',
+            EnsembleContract='evaluation', ENSEMBLE_FILE='evaluation', tune='tune', parse_space='tune')
 
 def __getattr__(name):
     if name in _API:

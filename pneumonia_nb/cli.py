@@ -4,8 +4,9 @@
 
 # %% ../nbs/08_cli.ipynb #daaecb02
 from __future__ import annotations
-import argparse, dataclasses, importlib, sys, time, warnings
+import argparse, ast, dataclasses, difflib, importlib, importlib.util, io, re, sys, time, tokenize, warnings
 from pathlib import Path
+from typing import Literal, get_type_hints
 
 # %% auto #0
 __all__ = ['build_parser', 'main']
@@ -13,188 +14,245 @@ __all__ = ['build_parser', 'main']
 # %% ../nbs/08_cli.ipynb #45001a28
 import yaml
 from fastcore.docments import docments
-from jsonargparse import ArgumentParser, Namespace
-from . import __version__
-from .config import DISK_FULL, disk_full_message, refuse_inputs, yaml_problem
-from .config import RECIPES, EXPORT_FORMATS, load_config, AugmentConfig, ConfigError, DemoConfig, EvaluateConfig
-from .config import FitConfig, HardwareConfig, ModelConfig, OptimConfig, PneumoniaError, PreprocessConfig
-from .config import RunConfig, config_from_dict, recipe
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+import pneumonia_nb
+from .config import DISK_FULL, EXPORT_FORMATS, RECIPES, ConfigError, ExportFormat, PneumoniaError, RunConfig
+from .config import disk_full_message, recipe, refuse_inputs, yaml_problem
 
 # %% ../nbs/08_cli.ipynb #6f6e5a9e
-def _lazy(module:str, *names):
-    "`names` from `pneumonia_nb.<module>`, imported when a command runs, so that `--help` never imports torch."
-    m = importlib.import_module(f'pneumonia_nb.{module}')
-    return getattr(m, names[0]) if len(names) == 1 else tuple(getattr(m, n) for n in names)
+def _lazy(*names):
+    "`names` from the package's top-level API, imported when a command runs (so `--help` imports no torch)."
+    found = [getattr(importlib.import_module(f'pneumonia_nb.{pneumonia_nb._API[n]}'), n) for n in names]
+    return found[0] if len(found) == 1 else found
 
-_GROUPS = {'demo': DemoConfig, 'preprocess': PreprocessConfig, 'model': ModelConfig, 'optim': OptimConfig, 'augment': AugmentConfig,
-           'hardware': HardwareConfig, 'fit': FitConfig, 'evaluate': EvaluateConfig}
-_TRAINING = list(_GROUPS)
+def _sentence(text:str)->str:
+    "`text` as a sentence: a capital first letter and a full stop."
+    text = ' '.join(text.split())
+    return text[:1].upper() + text[1:] + ('' if text.endswith('.') else '.')
+
+# %% ../nbs/08_cli.ipynb #170712e7
+_GROUPS = {k: t for k, t in get_type_hints(RunConfig).items() if dataclasses.is_dataclass(t)}   # demo, preprocess, model, ...
 
 def _add_group(p:ArgumentParser, key:str):
-    "The options of group `key` as `--key.field`: typed, choices from the types, the field's comment as help."
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        p.add_class_arguments(_GROUPS[key], key, sub_configs=False)
-    docs = docments(_GROUPS[key])   # the comment after each field
+    "`RunConfig`'s group `key` as options `--key.field`, typed and checked by jsonargparse, each field's comment its help."
+    cls = _GROUPS[key]
+    p.add_class_arguments(cls, key)
+    p.groups[key].title = f'{cls.__doc__} (--{key}.*)'
+    docs = docments(cls)
     for a in p._actions:
-        if a.dest.startswith(key + '.') and (d := docs.get(a.dest[len(key) + 1:])): a.help = d.replace('%', '%%')
         if a.dest == key: a.help = argparse.SUPPRESS   # a file for one group: --config covers them all
+        elif a.dest.startswith(key + '.'): a.help = _sentence(docs[a.dest[len(key) + 1:]])
 
-def _subparser(description:str, groups:list, config:bool=True)->ArgumentParser:
-    p = ArgumentParser(description=description, exit_on_error=False)
-    p.add_argument('-q', '--quiet', action='store_true', help='no progress bars')
-    if config:
-        p.add_argument('--config', action='append', default=[], metavar='FILE', help='YAML file of options, e.g. the config.yaml of a run '
-                       '(each command takes the groups it uses; options given on the command line override it; may repeat). '
-                       '--print_config prints the resolved configuration as YAML and exits')
-    for g in groups: _add_group(p, g)
-    return p
+# %% ../nbs/08_cli.ipynb #993395ca
+def _signature(name:str)->dict:
+    "`{parameter: (annotation, default, comment)}` of the library function `name`, read from its module's source (not imported: no torch)."
+    src = Path(importlib.util.find_spec(f'pneumonia_nb.{pneumonia_nb._API[name]}').origin).read_text()
+    fn = next(n for n in ast.parse(src).body if isinstance(n, ast.FunctionDef) and n.name == name)
+    lines = io.StringIO(ast.get_source_segment(src, fn, padded=True)).readline
+    notes = {t.start[0] + fn.lineno - 1: t.string.lstrip('# ') for t in tokenize.generate_tokens(lines) if t.type == tokenize.COMMENT}
+    a = fn.args
+    defaults = [None] * (len(a.args) - len(a.defaults)) + a.defaults
+    return {x.arg: (x.annotation, d, notes.get(x.lineno)) for x, d in zip(a.args, defaults)}
+
+# %% ../nbs/08_cli.ipynb #920ce4d4
+def _from_library(p:ArgumentParser, name:str, *params, **renamed):
+    "Options `--param` (or `--option` for `option=param`) with the type, default and comment of the library function `name`'s parameters."
+    sig = _signature(name)
+    for opt, param in {**{q: q for q in params}, **renamed}.items():
+        ann, d, note = sig[param]
+        default = None if d is None else ast.literal_eval(d)
+        kw = dict(action='store_true') if default is False else dict(type=eval(ast.unparse(ann), {'Path': Path}), default=default)
+        p.add_argument(f'--{opt}', help=_sentence(note), **kw)
+
+_PASSED = {'predict_files': ('batch_size', 'device', 'workers', 'allow_seen'),   # the options a command passes on as they are
+           'tune': ('trials', 'epochs', 'timeout', 'folds', 'fold', 'space', 'storage', 'study', 'final', 'prune', 'seed')}
+def _passed(args, name:str)->dict: return {k: args[k] for k in _PASSED[name]}
+
+def _out(p:ArgumentParser, name:str, param:str='out', required:bool=True):
+    "--out, with the comment of the library function `name`'s output parameter."
+    p.add_argument('--out', type=str, required=required, help=_sentence(_signature(name)[param][2]))
+
+# %% ../nbs/08_cli.ipynb #46569556
+def _recipe_help()->str:
+    "What --recipe does, with what the recipes change (computed from them)."
+    base = RunConfig().to_dict()
+    def changes(name): return ', '.join(f'{g}.{k} {v}' for g, d in recipe(name).to_dict().items() if isinstance(d, dict) for k, v in d.items() if base[g][k] != v)
+    return (f"The starting configuration ({', '.join(RECIPES)}), which --config files and options change. The defaults shown are the 'default' "
+            f"recipe's, used with --data or --cache; without them the 'demo' recipe is used ({changes('demo')}); 'original' is the original "
+            f"example's ({changes('original')}).")
+
+# %% ../nbs/08_cli.ipynb #2c9f476b
+class _ConfigFile(ActionConfigFile):
+    "jsonargparse's --config, whose errors name the file: not there, not YAML, an unknown key or a wrong value."
+    def __call__(self, parser, cfg, values, option_string=None):
+        if not Path(values).is_file(): raise ConfigError(values, 'configuration file not found')
+        try: super().__call__(parser, cfg, values, option_string); parser.validate(cfg, skip_required=True)
+        except (argparse.ArgumentError, TypeError, KeyError, ValueError) as e:
+            try: yaml.safe_load(Path(values).read_text()); problem = _problem(str(e))
+            except yaml.YAMLError as bad: problem = yaml_problem(bad)   # PyYAML's own words, where jsonargparse's are several lines
+            raise ConfigError(values, problem) from None
+
+# %% ../nbs/08_cli.ipynb #8d638c99
+_WORDS = [(r"<class '(?:\w+\.)*(\w+)'>", r'\1'), (r'typing\.', ''), (r'\bNoneType\b', 'null'), (r'Literal\[(.*?)\]', r'one of \1'),
+          (r"^Group '(.+?)' does not accept option '(.+?)'", r'unknown key \1.\2'), (r"^Option '(.+?)' is not accepted", r'unknown key \1'),
+          (r'^Unexpected config: (.*)', r'expected a mapping of options, not \1')]
+
+def _problem(message:str, options:list=())->str:
+    "jsonargparse's error as one line in words (`--key: the value given is not ...`), and for a mistyped option, the nearest one."
+    if m := re.match(r'Parser key "(.+?)":\s*(.*)', message, re.S):
+        given = re.search(r'(?:Got|Given) value: (.*)', m[2])
+        expected = dict.fromkeys(re.findall(r'Expected an? (.+?)(?:\. Got value: .*)?$', m[2], re.M))
+        message = f"--{m[1]}: {given[1].strip() if given else 'the value given'} is not {' or '.join(expected) or 'valid'}"
+    for pattern, words in _WORDS: message = re.sub(pattern, words, message.strip())
+    if (bad := re.match(r'unrecognized arguments: (--[^\s=]+)', message)) and (near := difflib.get_close_matches(bad[1], options, n=1)):
+        message += f' (did you mean {near[0]}?)'
+    return ' '.join(message.split())
 
 # %% ../nbs/08_cli.ipynb #b4dd3dd0
-def _inputs(p:ArgumentParser, required:bool=False):
-    p.add_argument('--data', type=str, default=None, help='challenge folder (stage_2_train_labels.csv, stage_2_train_images/*.dcm; '
-                   'stage_2_detailed_class_info.csv when present)' + ('' if required else '; omit, with --cache, to use the demo dataset'))
-
-# %% ../nbs/08_cli.ipynb #6c03c72d
-def _demo_parser()->ArgumentParser:
-    p = _subparser('Write the built-in demo dataset in the RSNA challenge layout: generated chest-radiograph-like DICOMs (CR, 8-bit '
-                   'MONOCHROME2, JPEG Baseline), the labels CSV with boxes and the detailed class CSV. About 22% are positives, '
-                   'with opacities inside their boxes.', ['demo'])
-    p.add_argument('--out', type=str, required=True, help='folder to write the dataset into')
-    return p
-
-def _preprocess_parser()->ArgumentParser:
-    p = _subparser('Decode every labelled DICOM of a challenge folder into a cache of square uint8 arrays, with manifest.csv '
-                   '(labels, boxes, split, folds, header fields), stats.json (train mean/std) and report.json (label checks, '
-                   'unreadable files). A rerun only does what is missing or changed.', ['preprocess'])
-    _inputs(p, required=True)
-    p.add_argument('--out', type=str, required=True, help='cache folder to write')
-    p.add_argument('--export_folder', type=str, default=None, help="also write the original example's processed/{train,val}/{0,1}/*.npy layout (float16) here")
-    return p
-
-def _train_parser(run:bool=False)->ArgumentParser:
-    desc = ('Run the pipeline end to end into OUT: OUT/cache (preprocessing), OUT/train (training), OUT/evaluation (metrics with '
-            'confidence intervals, plots, Grad-CAM and report.md on the held-out test split, or the original example\'s protocol '
-            'when there is none; with --fit.cv_folds K, of the fold models as one ensemble).' if run else
-            'Train a ResNet-style classifier with PyTorch Lightning: OUT/config.yaml (replay with --config OUT/config.yaml), best and '
-            'last checkpoints in OUT/checkpoints (best.ckpt holds the operating threshold chosen on the validation split), '
-            'TensorBoard logs in OUT/logs, validation metrics in OUT/metrics.json. With --fit.cv_folds K: one such run per fold in '
-            'OUT/fold_k, the out-of-fold predictions in OUT/oof.csv, the metrics in OUT/cv.json, and OUT/ensemble.json: the fold models '
-            'as one ensemble, with the threshold chosen on the pooled out-of-fold predictions (give OUT to evaluate, predict and export).')
-    p = _subparser(desc + ' Without --data or --cache the demo dataset is generated into OUT/demo_data and the demo recipe is used.', _TRAINING)
-    p.add_argument('--recipe', type=str, default=None, choices=list(RECIPES), help="starting configuration: 'default', 'original' (the "
-                   "original example's: Adam 1e-4 constant, pos_weight 3, batch 64, 35 epochs) or 'demo' (128², 10 epochs of batch 32); "
-                   "--config files and options override it (default: 'demo' without --data/--cache, else 'default')")
-    _inputs(p)
-    p.add_argument('--cache', type=str, default=None, help='cache folder written by pneumonia_nb preprocess (instead of --data)')
-    p.add_argument('--out', type=str, required=True, help='output folder')
-    if not run: p.add_argument('--resume', type=str, default=None, help="checkpoint to resume from, or 'last' for OUT/checkpoints/last.ckpt")
-    return p
+def _training_options(p:ArgumentParser, command:str, required:bool):
+    "train, run and tune: the recipe, the input (or the demo dataset), the output folder."
+    docs = docments(RunConfig)
+    p.add_argument('--recipe', type=Literal[RECIPES]|None, default=None, help=_recipe_help())
+    for k in ('data', 'cache'): p.add_argument(f'--{k}', type=str|None, default=None, help=_sentence(docs[k]))
+    if command == 'run': p.add_argument('--out', type=str, required=required, help='Output folder: OUT/cache, OUT/train and OUT/evaluation.')
+    else: _out(p, command, required=required)
+    if command == 'train': _from_library(p, 'train', 'resume')
+    if command == 'tune': _from_library(p, 'tune', *_PASSED['tune'])
 
 def _checkpoint_options(p:ArgumentParser):
-    p.add_argument('--ckpt', type=str, action='append', required=True, help='checkpoint written by pneumonia_nb train (e.g. '
-                   "OUT/checkpoints/best.ckpt). Repeat it for an ensemble that averages the members' probabilities (--ckpt A --ckpt B; "
-                   'it has no threshold of its own), or give the folder that train --fit.cv_folds K wrote, or its ensemble.json: the '
-                   'fold models, at the threshold chosen on their pooled out-of-fold predictions')
-    p.add_argument('--trust_checkpoint', action='store_true', help='allow checkpoints that need full unpickling (runs code from the file: trusted sources only)')
+    "predict, evaluate and export: the model."
+    p.add_argument('--ckpt', type=str, action='append', required=True, help="A checkpoint written by pneumonia_nb train (e.g. OUT/checkpoints/best.ckpt); "
+                   "repeated, an ensemble averaging its members' probabilities (it has no threshold of its own); or the folder that train "
+                   "--fit.cv_folds K wrote, or its ensemble.json: the fold models, at the threshold chosen on their pooled out-of-fold predictions.")
+    _from_library(p, 'predict_files', trust_checkpoint='trusted')
 
-def _evaluate_parser()->ArgumentParser:
-    p = _subparser('Evaluate a checkpoint on the held-out test split of its cache (or on a separate labelled dataset with --data) and '
-                   'write OUT/metrics.json, OUT/predictions.csv, the plots as PNG and OUT/report.md. The operating threshold is the one '
-                   'stored in the checkpoint, or chosen anew on the validation split with --evaluate.threshold_method (then written to '
-                   'OUT/checkpoint.ckpt, never into the checkpoint given). A cache without a test split (--preprocess.split seed, or '
-                   "test_frac 0) is reported with the original example's protocol: its validation split at 0.5, labelled as such. An "
-                   "ensemble (--ckpt repeated, or a cross-validation folder) is evaluated as one model that averages its members' "
-                   'probabilities, at the threshold of its ensemble.json (chosen on the out-of-fold predictions, where --rechoose also '
-                   'chooses, writing OUT/ensemble.json); a list of checkpoints has none, and one is chosen on the validation split unless '
-                   'members trained on it.', ['evaluate'])
-    _checkpoint_options(p)
-    _inputs(p, required=True)
-    p.add_argument('--cache', type=str, default=None, help='the cache the checkpoint was trained on (its test split is evaluated)')
-    p.add_argument('--out', type=str, required=True, help='folder for the report')
-    p.add_argument('--split', type=str, default=None, choices=['test', 'all', 'original'], help="split to report on (default: 'test' with "
-                   "--cache, or 'original' when it has no test split; 'all' with --data)")
-    p.add_argument('--rechoose', action='store_true', help='choose the threshold anew on the validation split by --evaluate.threshold_method '
-                   "(default: the stored one); for a cross-validation ensemble, on its out-of-fold predictions")
-    p.add_argument('--allow_seen', action='store_true', help='report on patients the model trained or chose its threshold on (labelled as optimistic)')
-    p.add_argument('--workers', type=int, default=None, help='decoding processes with --data (default: all cores)')
+# %% ../nbs/08_cli.ipynb #6c03c72d
+def _options(p:ArgumentParser, command:str, required:bool=True):
+    "The options of `command` that are not `RunConfig`'s groups."
+    if command in ('train', 'run', 'tune'): return _training_options(p, command, required)
+    if command in ('predict', 'evaluate', 'export'): _checkpoint_options(p)
+    if command == 'demo': _out(p, 'make_demo_dataset', 'dest')
+    if command == 'preprocess':
+        p.add_argument('--data', type=str, required=True, help=_sentence(_signature('preprocess')['data_dir'][2]))
+        _out(p, 'preprocess', 'out_dir')
+        p.add_argument('--export_folder', type=str|None, default=None, help="Also write the original example's processed/{train,val}/{0,1}/*.npy layout (float16) here.")
+    if command == 'evaluate':
+        p.add_argument('--data', type=str|None, default=None, help='A separate labelled dataset in the challenge layout, to report on all of it (instead of --cache).')
+        p.add_argument('--cache', type=str|None, default=None, help='The cache the checkpoint was trained on: its test split is reported on.')
+        _out(p, 'evaluate')
+        _from_library(p, 'evaluate', 'split', 'allow_seen')
+        p.add_argument('--rechoose', action='store_true', help='Choose the threshold anew by --evaluate.threshold_method, on the validation split '
+                       "(for a cross-validation ensemble, on its out-of-fold predictions), and write the model with it to OUT.")
+        p.add_argument('--workers', type=int|None, default=None, help=_sentence(f"With --data, {docments(_GROUPS['preprocess'])['workers']}"))
+    if command == 'predict':
+        p.add_argument('paths', nargs='+', type=str, help=_sentence(_signature('predict_files')['paths'][2]))
+        _out(p, 'predict_files')
+        _from_library(p, 'predict_files', *_PASSED['predict_files'])
+    if command == 'export':
+        _out(p, 'export_model', 'out_dir')
+        p.add_argument('--format', type=list[ExportFormat], default=list(EXPORT_FORMATS), help=_sentence(_signature('export_model')['formats'][2]))
+
+# %% ../nbs/08_cli.ipynb #80c3878d
+_TRAINING = list(_GROUPS)
+_COMMANDS = {   # name: (one line, what it does, the groups of `RunConfig` it takes)
+    'demo': ('write the built-in demo dataset (generated DICOMs in the RSNA layout)', 'Write the built-in demo dataset in the RSNA challenge layout: '
+             'generated chest-radiograph-like DICOMs (CR, 8-bit MONOCHROME2, JPEG Baseline), the labels CSV with boxes and the detailed class CSV. '
+             'About 22% are positives, with opacities inside their boxes.', ['demo']),
+    'preprocess': ('decode the DICOMs into the image cache', 'Decode every labelled DICOM of a challenge folder into a cache of square uint8 arrays, '
+                   'with manifest.csv (labels, boxes, split, folds, header fields), stats.json (train mean/std) and report.json (label checks, '
+                   'unreadable files). A rerun only does what is missing or changed.', ['preprocess']),
+    'train': ('train the classifier (on the demo dataset without --data/--cache)', 'Train a ResNet-style classifier with PyTorch Lightning: '
+              'OUT/config.yaml (replay with --config OUT/config.yaml), best and last checkpoints in OUT/checkpoints (best.ckpt holds the operating '
+              'threshold chosen on the validation split), TensorBoard logs in OUT/logs, validation metrics in OUT/metrics.json. With '
+              '--fit.cv_folds K: one such run per fold in OUT/fold_k, the out-of-fold predictions in OUT/oof.csv, the metrics in OUT/cv.json, '
+              'and OUT/ensemble.json: the fold models as one ensemble, with the threshold chosen on the pooled out-of-fold predictions (give OUT '
+              'to evaluate, predict and export). Without --data or --cache the demo dataset is generated into OUT/demo_data.', _TRAINING),
+    'evaluate': ('metrics with confidence intervals, plots, Grad-CAM and a report', 'Evaluate a checkpoint on the held-out test split of its cache '
+                 '(or on a separate labelled dataset with --data) and write OUT/metrics.json, OUT/predictions.csv, the plots as PNG and '
+                 'OUT/report.md, at the operating threshold stored with the model (or chosen anew with --rechoose, then written to '
+                 'OUT/checkpoint.ckpt or OUT/ensemble.json, never into the model given). A cache without a test split is reported with the '
+                 "original example's protocol: its validation split at 0.5, labelled as such. An ensemble is evaluated as one model.", ['evaluate']),
+    'predict': ('predict new studies (DICOM, PNG, JPEG) into a CSV', 'Predict DICOM files or folders (also PNG/JPEG) with a checkpoint, using '
+                'the training preprocessing and the operating threshold stored with the model. Writes a CSV with patientId, probability, '
+                'prediction, threshold, file; unreadable files are listed with the reason (and in OUT_errors.csv) and do not stop the run.', []),
+    'export': ('export a checkpoint (or an ensemble) to TorchScript and ONNX', 'Export a checkpoint, or an ensemble as one model that averages '
+               "its members, to TorchScript (model.pt) and ONNX (model.onnx) with the input contract (contract.json): the normalisation (each "
+               "member's own) is inside the exported model.", []),
+    'run': ('all stages end to end (on the demo dataset without --data)', 'Run the pipeline end to end into OUT: OUT/cache (preprocessing), '
+            'OUT/train (training), OUT/evaluation (the report on the held-out test split; with --fit.cv_folds K, of the fold models as one '
+            'ensemble). Without --data or --cache the demo dataset is generated into OUT/demo_data.', _TRAINING),
+    'tune': ('search the training configuration with Optuna (on the demo dataset without --data/--cache)', "Search the training configuration "
+             "with Optuna for the best pooled out-of-fold AUROC on the cache's train and validation patients (its test split is kept out of "
+             'the search), then train the best configuration and report it on the test split. Writes OUT/study.journal (rerun the command '
+             'to add trials, or to resume after a kill), OUT/best_config.yaml (train --config takes it), OUT/trials.csv, the plots and '
+             'OUT/report.md. The options of the groups set the starting configuration (trial 0) and every option the space does not '
+             'search. Without --data or --cache the demo dataset is generated into OUT/demo_data.', _TRAINING)}
+
+# %% ../nbs/08_cli.ipynb #3a3b6370
+def _parser(command:str, probe:bool=False)->ArgumentParser:
+    "The parser of `command`; `probe`: one that learns the input and the recipe first (no --print_config, nothing required)."
+    _, about, groups = _COMMANDS[command]
+    p = ArgumentParser(prog=f'pneumonia_nb {command}', description=about, exit_on_error=False, add_help=not probe,
+                       print_config=None if probe else '--print_config')
+    p.add_argument('-q', '--quiet', action='store_true', help='Show no progress bars.')
+    p.add_argument('--config', action=_ConfigFile, help="A YAML file of this command's options: a run's config.yaml, or what --print_config "
+                   'printed (options after it override it; may repeat).')
+    if probe: p.add_argument('-h', '--help', '--print_config', nargs='?', help=argparse.SUPPRESS)   # answered by the second parse
+    for g in groups: _add_group(p, g)
+    _options(p, command, required=not probe)
     return p
 
-def _predict_parser()->ArgumentParser:
-    p = _subparser('Predict DICOM files or folders (also PNG/JPEG) with a checkpoint, using the training preprocessing and the '
-                   'operating threshold stored in the checkpoint. Writes a CSV with patientId, probability, prediction, threshold, file; '
-                   'unreadable files are listed with the reason (and in OUT_errors.csv) and do not stop the run. With an ensemble, the '
-                   "probability is the mean of the members' and the threshold the ensemble file's (0.5, with a warning, for a list of "
-                   'checkpoints).', [], config=False)
-    _checkpoint_options(p)
-    p.add_argument('paths', nargs='+', type=str, help='files or folders (searched recursively)')
-    p.add_argument('--out', type=str, required=True, help='CSV file to write')
-    p.add_argument('--batch_size', type=int, default=64, help='images per batch')
-    p.add_argument('--device', type=str, default='auto', help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
-    p.add_argument('--workers', type=int, default=None, help='decoding processes (default: up to 8 cores)')
-    p.add_argument('--allow_seen', action='store_true', help='predict patients the model trained or chose its threshold on (marked in the CSV '
-                   'column seen_by_model and in the first line of the summary); without it they are refused')
-    return p
-
-def _export_parser()->ArgumentParser:
-    p = _subparser('Export a checkpoint, or an ensemble as one model that averages its members, to TorchScript (model.pt) and ONNX '
-                   '(model.onnx) with the input contract (contract.json): the normalisation (each member\'s own) is inside the exported '
-                   'model.', [], config=False)
-    _checkpoint_options(p)
-    p.add_argument('--out', type=str, required=True, help='folder to write')
-    p.add_argument('--format', type=list[str], default=list(EXPORT_FORMATS), help=f'formats to write, among {list(EXPORT_FORMATS)}')
-    return p
+def _parse(command:str, argv:list)->tuple:
+    "(the options, the `RunConfig` they give): jsonargparse parses `argv` over the defaults of the recipe."
+    groups, name = _COMMANDS[command][2], 'default'
+    if groups == _TRAINING:
+        first = _parser(command, probe=True).parse_args(argv)
+        name = first.recipe or ('default' if first.data or first.cache else 'demo')
+    p = _parser(command)
+    p.set_defaults({f'{g}.{k}': v for g in groups for k, v in dataclasses.asdict(getattr(recipe(name), g)).items()})
+    args = p.parse_args(argv)
+    init = p.instantiate(args)   # the groups' dataclasses: their checks run here
+    inputs = {k: init[k] and str(Path(init[k]).resolve()) for k in ('data', 'cache')} if groups == _TRAINING else {}
+    return args, dataclasses.replace(recipe(name), **{g: init[g] for g in groups}, **inputs)
 
 # %% ../nbs/08_cli.ipynb #6c5c3a1e
 def _progress(args)->bool: return not args.quiet
 
-def _resolved(p:ArgumentParser, args:Namespace, groups:list, base:RunConfig)->RunConfig:
-    "The `RunConfig` the parsed `args` describe (the groups of this command from the options, the rest from `base`)."
-    d = {g: args[g].as_dict() if isinstance(args[g], Namespace) else dataclasses.asdict(args[g]) for g in groups}
-    for k in ('data', 'cache'):
-        if k in args and args[k] is not None: d[k] = str(Path(args[k]).resolve())
-    return config_from_dict(d, 'the command line', base=base)
-
 def _demo(args, cfg:RunConfig):
-    make_demo_dataset = _lazy('demo', 'make_demo_dataset')
     t, c = time.time(), cfg.demo
-    d = make_demo_dataset(args.out, n=c.n, image_size=c.image_size, seed=c.generator_seed, progress=_progress(args))
+    d = _lazy('make_demo_dataset')(args.out, n=c.n, image_size=c.image_size, seed=c.generator_seed, progress=_progress(args))
     print(f'demo dataset  {d}  ({c.n} patients, {c.image_size}² DICOMs, {time.time()-t:.1f} s)')
     return d
 
 def _preprocess_from(data, out, cfg:RunConfig, args):
-    preprocess = _lazy('cache', 'preprocess')
     c = cfg.preprocess
-    res = preprocess(data, out, size=c.size, workers=c.workers, split=c.split, val_frac=c.val_frac, test_frac=c.test_share,
-                     folds=c.folds, seed=c.split_seed, fast=c.fast_decode, progress=_progress(args))
+    res = _lazy('preprocess')(data, out, size=c.size, workers=c.workers, split=c.split, val_frac=c.val_frac, test_frac=c.test_share,
+                              folds=c.folds, seed=c.split_seed, fast=c.fast_decode, progress=_progress(args))
     print(res.summary())
     return res.cache
 
 def _preprocess(args, cfg:RunConfig):
-    export_folder = _lazy('cache', 'export_folder')
     _preprocess_from(args.data, args.out, cfg, args)
-    if args.export_folder: print(f'exported     {export_folder(args.out, args.export_folder, progress=_progress(args))}')
+    if args.export_folder: print(f"exported     {_lazy('export_folder')(args.out, args.export_folder, progress=_progress(args))}")
 
-def _cache_for(args, cfg:RunConfig, out:Path)->tuple:
-    "(cache folder, config with its inputs): preprocess --data, use --cache, or make the demo dataset."
+# %% ../nbs/08_cli.ipynb #ee2222c8
+def _cache_for(args, cfg:RunConfig, out:Path):
+    "The cache to train on: --data preprocessed into OUT/cache, --cache, or the demo dataset's."
     if cfg.data is not None:
         if not Path(cfg.data).is_dir(): raise ConfigError('data', f'{cfg.data}: data folder not found')
-        cache = _preprocess_from(cfg.data, out/'cache', cfg, args)
-    elif cfg.cache is not None:
+        return _preprocess_from(cfg.data, out/'cache', cfg, args)
+    if cfg.cache is not None:
         if not (Path(cfg.cache)/'manifest.csv').is_file(): raise ConfigError('cache', f'{cfg.cache}: no cache there (no manifest.csv); run pneumonia_nb preprocess first')
-        cache = Path(cfg.cache)
-    else:
-        print('== demo dataset'); data = _demo(Namespace(out=out/'demo_data', quiet=args.quiet), cfg)
-        cache = _preprocess_from(data, out/'cache', cfg, args)
-    return cache
+        return Path(cfg.cache)
+    print('== demo dataset'); data = _demo(Namespace(out=out/'demo_data', quiet=args.quiet), cfg)
+    return _preprocess_from(data, out/'cache', cfg, args)
 
 def _train_from(args, cfg:RunConfig, cache, out:Path, resume=None):
-    train, cross_validate = _lazy('training', 'train', 'cross_validate')
     if cfg.fit.cv_folds:
-        res = cross_validate(cache, out, cfg, progress=_progress(args))
+        res = _lazy('cross_validate')(cache, out, cfg, progress=_progress(args))
         print(res.summary()); print(f'out-of-fold  {out/"oof.csv"}')
     else:
-        res = train(cache, out, cfg, resume=resume, progress=_progress(args))
+        res = _lazy('train')(cache, out, cfg, resume=resume, progress=_progress(args))
         if res.rank_zero: print(res.summary())   # one summary, not one per DDP process
     return res
 
@@ -202,25 +260,24 @@ def _train(args, cfg:RunConfig):
     out = Path(args.out)
     _train_from(args, cfg, _cache_for(args, cfg, out), out, resume=args.resume)
 
+# %% ../nbs/08_cli.ipynb #82e6d52d
 def _ckpt(args):
     "--ckpt as the library takes it: one checkpoint, or the list of an ensemble's."
     return args.ckpt[0] if len(args.ckpt) == 1 else list(args.ckpt)
 
 def _new_checkpoint(out, contract)->Path:
     "Where evaluate --rechoose writes the model with its new threshold: OUT/checkpoint.ckpt, or OUT/ensemble.json for an ensemble."
-    EnsembleContract, ENSEMBLE_FILE = _lazy('evaluation', 'EnsembleContract', 'ENSEMBLE_FILE')
+    EnsembleContract, ENSEMBLE_FILE = _lazy('EnsembleContract', 'ENSEMBLE_FILE')
     return Path(out)/(ENSEMBLE_FILE if isinstance(contract, EnsembleContract) else 'checkpoint.ckpt')
 
 def _evaluate_from(args, checkpoint, cache, out, cfg:RunConfig, split:str|None=None, method=None):   # split None: evaluate's choice
-    evaluate = _lazy('evaluation', 'evaluate')
     ev = cfg.evaluate
-    res = evaluate(checkpoint, cache, out, split=split, method=method, target=ev.target, n_resamples=ev.bootstrap, cam=ev.cam,
-                   gallery=ev.gallery, progress=_progress(args), allow_seen=getattr(args, 'allow_seen', False),
-                   save_checkpoint=_new_checkpoint(out, checkpoint[1]) if method else None)   # with a method, `checkpoint` is loaded
+    res = _lazy('evaluate')(checkpoint, cache, out, split=split, method=method, target=ev.target, n_resamples=ev.bootstrap, cam=ev.cam,
+                            gallery=ev.gallery, progress=_progress(args), allow_seen=getattr(args, 'allow_seen', False),
+                            save_checkpoint=_new_checkpoint(out, checkpoint[1]) if method else None)   # with a method, `checkpoint` is loaded
     print(res.summary())
     return res
 
-# %% ../nbs/08_cli.ipynb #dc189d36
 def _run(args, cfg:RunConfig):
     out = Path(args.out)
     print('== preprocess'); cache = _cache_for(args, cfg, out)
@@ -230,9 +287,9 @@ def _run(args, cfg:RunConfig):
     if not getattr(res, 'rank_zero', True): return
     _evaluate_from(args, res.best_checkpoint or res.last_checkpoint, cache, out/'evaluation', cfg)
 
+# %% ../nbs/08_cli.ipynb #dc189d36
 def _evaluate(args, cfg:RunConfig):
-    load_model, checkpoint_files, EnsembleContract = _lazy('evaluation', 'load_model', 'checkpoint_files', 'EnsembleContract')
-    preprocess = _lazy('cache', 'preprocess')
+    load_model, checkpoint_files, EnsembleContract = _lazy('load_model', 'checkpoint_files', 'EnsembleContract')
     if (args.cache is None) == (args.data is None): raise ConfigError('--cache/--data', 'give one of them: the training cache, or a separate labelled dataset')
     ckpt = _ckpt(args)
     loaded = load_model(ckpt, trusted=args.trust_checkpoint, map_location=cfg.evaluate.device)   # read once, fails before any work
@@ -246,87 +303,40 @@ def _evaluate(args, cfg:RunConfig):
         if contract.threshold is None and method != 'fixed':
             raise PneumoniaError(ckpt, 'no operating threshold stored; choose one on the validation split of the training cache '
                                  '(pneumonia_nb evaluate --cache CACHE --rechoose ...), or use --rechoose --evaluate.threshold_method fixed')
-        res = preprocess(args.data, Path(args.out)/'cache', size=contract.size, workers=args.workers, test_frac=0.0, progress=_progress(args))
+        res = _lazy('preprocess')(args.data, Path(args.out)/'cache', size=contract.size, workers=args.workers, test_frac=0.0, progress=_progress(args))
         print(res.summary()); cache, split = res.cache, args.split or 'all'
     else: cache, split = Path(args.cache), args.split   # None: the test split, or the original protocol without one
     _evaluate_from(args, loaded, cache, args.out, cfg, split, method)
 
+# %% ../nbs/08_cli.ipynb #5d904bc0
 def _predict(args, cfg:RunConfig):
     if args.batch_size < 1: raise ConfigError('--batch_size', f'must be at least 1, not {args.batch_size}')
     for c in args.ckpt:   # before torch is imported
         if not Path(c).exists(): raise PneumoniaError(c, 'no such checkpoint file or folder')
-    predict_files = _lazy('inference', 'predict_files')
-    res = predict_files(_ckpt(args), args.paths, out=args.out, batch_size=args.batch_size, device=args.device,
-                        workers=args.workers, progress=_progress(args), trusted=args.trust_checkpoint, allow_seen=args.allow_seen)
+    res = _lazy('predict_files')(_ckpt(args), args.paths, out=args.out, progress=_progress(args), trusted=args.trust_checkpoint, **_passed(args, 'predict_files'))
     print(res.summary())
 
 def _export(args, cfg:RunConfig):
-    export_model = _lazy('inference', 'export_model')
-    bad = [f for f in args.format if f not in EXPORT_FORMATS]
-    if bad: raise ConfigError('--format', f'{bad} not among {list(EXPORT_FORMATS)}')
-    print(export_model(_ckpt(args), args.out, formats=tuple(args.format), trusted=args.trust_checkpoint).summary())
-
-# name: (parser, handler, groups, one line of help)
-_COMMANDS = {'demo': (_demo_parser, _demo, ['demo'], 'write the built-in demo dataset (generated DICOMs in the RSNA layout)'),
-             'preprocess': (_preprocess_parser, _preprocess, ['preprocess'], 'decode the DICOMs into the image cache'),
-             'train': (_train_parser, _train, _TRAINING, 'train the classifier (on the demo dataset without --data/--cache)'),
-             'evaluate': (_evaluate_parser, _evaluate, ['evaluate'], 'metrics with confidence intervals, plots, Grad-CAM and a report'),
-             'predict': (_predict_parser, _predict, [], 'predict new studies (DICOM, PNG, JPEG) into a CSV'),
-             'export': (_export_parser, _export, [], 'export a checkpoint (or an ensemble) to TorchScript and ONNX'),
-             'run': (lambda: _train_parser(run=True), _run, _TRAINING, 'all stages end to end (on the demo dataset without --data)')}
-
-# %% ../nbs/08_cli.ipynb #5d904bc0
-def _tune_parser()->ArgumentParser:
-    p = _subparser("Search the training configuration with Optuna for the best pooled out-of-fold AUROC on the cache's train and "
-                   'validation patients (its test split is kept out of the search), then train the best configuration and report it on '
-                   'the test split. Writes OUT/study.journal (the study: rerun the command to add trials, or to resume after a kill), '
-                   'OUT/best_config.yaml (train --config takes it), OUT/trials.csv, OUT/history.png, OUT/importances.png, OUT/slices.png '
-                   'and OUT/report.md. The options below set the starting configuration (trial 0) and every option the space does not '
-                   'search. Without --data or --cache the demo dataset is generated into OUT/demo_data and the demo recipe is used.', _TRAINING)
-    p.add_argument('--recipe', type=str, default=None, choices=list(RECIPES), help="starting configuration: 'default', 'original' or 'demo' "
-                   "(default: 'demo' without --data/--cache, else 'default'); --config files and options override it")
-    _inputs(p)
-    p.add_argument('--cache', type=str, default=None, help='cache folder written by pneumonia_nb preprocess (instead of --data)')
-    p.add_argument('--out', type=str, required=True, help='output folder (the study, the trials, the results)')
-    p.add_argument('--trials', type=int, default=20, help='trials to run now; a study already in the storage keeps its trials and gets these on top')
-    p.add_argument('--epochs', type=int, default=None, help='at most this many epochs per trial: caps a searched optim.epochs, or sets it')
-    p.add_argument('--timeout', type=float, default=None, help='seconds after which no new trial starts (the trial under way finishes)')
-    p.add_argument('--folds', type=int, default=3, help='score each trial on the pooled out-of-fold predictions of the first FOLDS folds')
-    p.add_argument('--fold', type=int, default=None, help='score each trial on this one fold only (faster, noisier)')
-    p.add_argument('--space', type=str, default=None, help="YAML search space: {'group.field': {choices: [...]} or {low: .., high: .., log: "
-                   "true, step: ..}} for options of the model, optim and augment groups (default: the space shown in the docs of tune)")
-    p.add_argument('--storage', type=str, default=None, help='where the study lives: a journal file path (default OUT/study.journal), or a '
-                   'database URL every machine of a shared study can reach (sqlite:///study.db, postgresql://user:password@host/db)')
-    p.add_argument('--study', type=str, default='pneumonia_nb', help='the study name in the storage')
-    p.add_argument('--final', type=str, default='best', choices=['best', 'both', 'none'], help="after the search, train and report on the "
-                   "test split: the best configuration ('best'), it and the starting one ('both'), or nothing ('none': on all but one "
-                   'machine of a shared study)')
-    p.add_argument('--prune', type=bool, default=True, help='stop trials whose validation AUROC is behind the median of the others at the same fold and epoch')
-    p.add_argument('--seed', type=int, default=None, help="the sampler's seed (default: a fresh one; processes sharing a study need different seeds)")
-    return p
+    print(_lazy('export_model')(_ckpt(args), args.out, formats=tuple(args.format), trusted=args.trust_checkpoint).summary())
 
 def _tune(args, cfg:RunConfig):
-    tune, parse_space = _lazy('tune', 'tune', 'parse_space')
-    if args.trials < 1: raise ConfigError('--trials', f'must be at least 1, not {args.trials}')
+    tune, parse_space = _lazy('tune', 'parse_space')
     parse_space(args.space, cfg)   # a bad space fails before any data is prepared
     out = Path(args.out)
-    cache = _cache_for(args, cfg, out)
-    res = tune(cache, out, cfg, space=args.space, trials=args.trials, epochs=args.epochs, timeout=args.timeout, folds=args.folds,
-               fold=args.fold, storage=args.storage, study=args.study, final=args.final, prune=args.prune, progress=_progress(args), seed=args.seed)
+    res = tune(_cache_for(args, cfg, out), out, cfg, progress=_progress(args), **_passed(args, 'tune'))
     print(res.summary())
 
-_COMMANDS['tune'] = (_tune_parser, _tune, _TRAINING, 'search the training configuration with Optuna (on the demo dataset without --data/--cache)')
+_HANDLERS = dict(demo=_demo, preprocess=_preprocess, train=_train, evaluate=_evaluate, predict=_predict, export=_export, run=_run, tune=_tune)
 
 # %% ../nbs/08_cli.ipynb #90b15a2a
 _EXAMPLES = '''examples:
   pneumonia_nb run --out demo_run                         # everything, on the demo dataset
   pneumonia_nb preprocess --data rsna --out cache         # the real data into a cache
   pneumonia_nb train --cache cache --out run --recipe original
-  pneumonia_nb train --config run/config.yaml --out run2  # replay a run
+  pneumonia_nb train --config run/config.yaml --out run2  # replay a run (--print_config: what it would run with)
   pneumonia_nb evaluate --ckpt run/checkpoints/best.ckpt --cache cache --out report
   pneumonia_nb predict --ckpt run/checkpoints/best.ckpt scans/ --out predictions.csv
-  pneumonia_nb train --cache cache --out cv --fit.cv_folds 5   # five fold models, and cv/ensemble.json
-  pneumonia_nb evaluate --ckpt cv --cache cache --out report_cv  # the five as one ensemble
+  pneumonia_nb train --cache cache --out cv --fit.cv_folds 5   # five fold models: give cv as --ckpt
   pneumonia_nb tune --cache cache --out study --trials 20   # Optuna search; rerun to add trials
   pneumonia_nb train --help                               # every option of a command
 
@@ -336,51 +346,16 @@ report); 2 a mistake in the command or its input (one line says what and where);
 def build_parser(command:str|None=None, # a subcommand, or None for the top-level parser
                 ):
     "The parser of `command`, or the top-level `pneumonia_nb` parser that lists the commands."
-    if command is not None: return _COMMANDS[command][0]()
+    if command is not None: return _parser(command)
     p = argparse.ArgumentParser(prog='pneumonia_nb', description='Pneumonia detection on chest X-rays (RSNA Pneumonia Detection Challenge).',
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EXAMPLES)
-    p.add_argument('--version', action='version', version=f'pneumonia_nb {__version__}')
-    p.add_argument('-q', '--quiet', action='store_true', help='no progress bars (also after the command)')
+    p.add_argument('--version', action='version', version=f'pneumonia_nb {pneumonia_nb.__version__}')
+    p.add_argument('-q', '--quiet', action='store_true', help='show no progress bars (also after the command)')
     sub = p.add_subparsers(dest='command', metavar='COMMAND', required=True)
-    for name, (_, _, _, line) in _COMMANDS.items(): sub.add_parser(name, help=line, add_help=False)
+    for name, (line, _, _) in _COMMANDS.items(): sub.add_parser(name, help=line, add_help=False)
     return p
 
 # %% ../nbs/08_cli.ipynb #0b25f11b
-def _scan(argv:list, *names)->dict:
-    "The values of options `names` in `argv` (`--x v` or `--x=v`); repeated options give lists."
-    found = {}
-    for i, a in enumerate(argv):
-        for n in names:
-            if a == n and i + 1 < len(argv): found.setdefault(n, []).append(argv[i + 1])
-            elif a.startswith(n + '='): found.setdefault(n, []).append(a.split('=', 1)[1])
-    return found
-
-def _base_config(command:str, argv:list)->RunConfig:
-    "The recipe, then the --config files: the defaults the command line then overrides."
-    s = _scan(argv, '--recipe', '--config', '--data', '--cache')
-    files = [Path(f) for f in s.get('--config', [])]
-    raw = []
-    for f in files:
-        if not f.is_file(): raise ConfigError(f, 'configuration file not found')
-        try: raw.append((f, yaml.safe_load(f.read_text()) or {}))
-        except yaml.YAMLError as e: raise ConfigError(f, yaml_problem(e)) from None
-    has_input = '--data' in s or '--cache' in s or any(isinstance(d, dict) and (d.get('data') or d.get('cache')) for _, d in raw)
-    name = s['--recipe'][-1] if '--recipe' in s else 'demo' if command in ('train', 'run', 'tune') and not has_input else 'default'
-    cfg = recipe(name)
-    for f, d in raw: cfg = config_from_dict(d, f, base=cfg)
-    return cfg
-
-def _with_defaults(p:ArgumentParser, groups:list, cfg:RunConfig)->ArgumentParser:
-    for g in groups:
-        p.set_defaults({f'{g}.{f.name}': getattr(getattr(cfg, g), f.name) for f in dataclasses.fields(_GROUPS[g])})
-    for k in ('data', 'cache'):
-        if getattr(cfg, k) is not None and any(a.dest == k for a in p._actions): p.set_defaults({k: getattr(cfg, k)})
-    return p
-
-def _print_config(cfg:RunConfig, groups:list):
-    d = cfg.to_dict()
-    print(yaml.safe_dump({k: v for k, v in d.items() if k in groups or (k in ('data', 'cache') and 'preprocess' in groups and 'fit' in groups)}, sort_keys=False), end='')
-
 _USER_ERRORS = (PneumoniaError, FileNotFoundError, NotADirectoryError, FileExistsError, PermissionError, ValueError)
 
 def _one_line_warnings(command:str):
@@ -389,35 +364,29 @@ def _one_line_warnings(command:str):
         print(f'pneumonia_nb {command}: warning: {message}', file=file or sys.stderr)
     warnings.showwarning = show
 
+def _options_of(command:str)->list: return [o for a in _parser(command)._actions for o in a.option_strings]
+
 def main(argv:list|None=None, # arguments (default: sys.argv[1:])
         )->int:
     "Run `pneumonia_nb` with `argv`; returns the exit status."
     argv = list(sys.argv[1:] if argv is None else argv)
-    quiet = [a for a in argv[:1] if a in ('-q', '--quiet')]
-    argv = argv[len(quiet):]
-    if not argv or argv[0] not in _COMMANDS:
-        try: build_parser().parse_args(quiet + argv)   # --help, --version, or an unknown command
+    quiet = argv[:1] in (['-q'], ['--quiet'])
+    if not argv[quiet:] or argv[quiet] not in _COMMANDS:
+        try: build_parser().parse_args(argv)   # --help, --version, or an unknown command
         except SystemExit as e: return e.code or 0
         return 2
-    command, rest = argv[0], argv[1:] + quiet
-    make, handler, groups, _ = _COMMANDS[command]
+    command, rest = argv[quiet], argv[quiet + 1:] + ['--quiet'] * quiet
     _one_line_warnings(command)
-    try:
-        cfg = _base_config(command, rest)
-        p = _with_defaults(make(), groups, cfg)
-        p.prog = f'pneumonia_nb {command}'
-        print_config = '--print_config' in rest
-        try: args = p.parse_args([a for a in rest if a != '--print_config'])
-        except argparse.ArgumentError as e:
-            print(f'pneumonia_nb {command}: error: {e}\n(pneumonia_nb {command} --help explains every option)', file=sys.stderr); return 2
-        cfg = _resolved(p, args, groups, cfg)
-        if print_config: _print_config(cfg, groups); return 0
-        handler(args, cfg)
-    except _USER_ERRORS as e:
-        print(f'pneumonia_nb {command}: error: {e}', file=sys.stderr); return 2
+    def say(problem): print(f'pneumonia_nb {command}: error: {problem}', file=sys.stderr)
+    try: _HANDLERS[command](*_parse(command, rest))
+    except SystemExit as e:   # --help and --print_config; and Lightning's own exit after Ctrl-C
+        if not isinstance(e.__context__, KeyboardInterrupt): return e.code or 0
+        print(f'pneumonia_nb {command}: interrupted; rerun the same command to resume', file=sys.stderr); return 130
+    except argparse.ArgumentError as e: say(f'{_problem(str(e), _options_of(command))}\n(pneumonia_nb {command} --help explains every option)'); return 2
+    except _USER_ERRORS as e: say(e); return 2
     except OSError as e:   # a full or read-only disk where no writer turned it into a PneumoniaError
         if e.errno not in DISK_FULL: raise
-        print(f'pneumonia_nb {command}: error: {e.filename or "output"}: {disk_full_message(e)}', file=sys.stderr); return 2
+        say(f'{e.filename or "output"}: {disk_full_message(e)}'); return 2
     except KeyboardInterrupt:
         print(f'pneumonia_nb {command}: interrupted; rerun the same command to resume', file=sys.stderr); return 130
     return 0

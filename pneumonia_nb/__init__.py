@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 _API = dict(RunConfig='config', recipe='config', load_config='config', save_config='config',
             make_demo_dataset='demo', preprocess='preprocessing', load_manifest='preprocessing',
             train='training', cross_validate='training', evaluate='evaluation',
-            load_classifier='model', load_model='evaluation', load_ensemble='evaluation', predict_files='inference',
+            load_classifier='checkpoints', load_model='checkpoints', load_ensemble='checkpoints', predict_files='inference',
             export_model='inference')
 
 def __getattr__(name):

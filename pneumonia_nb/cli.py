@@ -208,7 +208,7 @@ def _ckpt(args):
 
 def _new_checkpoint(out, contract)->Path:
     "Where evaluate --rechoose writes the model with its new threshold: OUT/checkpoint.ckpt, or OUT/ensemble.json for an ensemble."
-    EnsembleContract, ENSEMBLE_FILE = _lazy('evaluation', 'EnsembleContract', 'ENSEMBLE_FILE')
+    EnsembleContract, ENSEMBLE_FILE = _lazy('checkpoints', 'EnsembleContract', 'ENSEMBLE_FILE')
     return Path(out)/(ENSEMBLE_FILE if isinstance(contract, EnsembleContract) else 'checkpoint.ckpt')
 
 def _evaluate_from(args, checkpoint, cache, out, cfg:RunConfig, split:str|None=None, method=None):   # split None: evaluate's choice
@@ -231,7 +231,7 @@ def _run(args, cfg:RunConfig):
     _evaluate_from(args, res.best_checkpoint or res.last_checkpoint, cache, out/'evaluation', cfg)
 
 def _evaluate(args, cfg:RunConfig):
-    load_model, checkpoint_files, EnsembleContract = _lazy('evaluation', 'load_model', 'checkpoint_files', 'EnsembleContract')
+    load_model, checkpoint_files, EnsembleContract = _lazy('checkpoints', 'load_model', 'checkpoint_files', 'EnsembleContract')
     preprocess = _lazy('preprocessing', 'preprocess')
     if (args.cache is None) == (args.data is None): raise ConfigError('--cache/--data', 'give one of them: the training cache, or a separate labelled dataset')
     ckpt = _ckpt(args)

@@ -15,19 +15,16 @@ import torch
 import torch.nn as nn
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from .config import CheckpointError, PneumoniaError, atomic_write, normalise, output_lock, refuse_inputs
+from fastcore.basics import num_cpus
+from .config import EXPORT_FORMATS, CheckpointError, PneumoniaError, atomic_write, normalise, output_lock, progress_bar
+from .config import refuse_inputs
 from .preprocessing import DicomError, MAX_PIXELS, _link_problem, read_dicom, resize_image, write_csv
-from .model import load_classifier
-from .evaluation import Ensemble, EnsembleContract, checkpoint_files, load_model, mean_probability_logit, single_checkpoint
-from .evaluation import _NO_ENSEMBLE_THRESHOLD
+from .checkpoints import Contract, Ensemble, EnsembleContract, checkpoint_files, load_model, mean_probability_logit
+from .checkpoints import no_ensemble_threshold, single_checkpoint
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'PREDICTION_COLUMNS', 'EXPORT_FORMATS', 'ImageError', 'read_image', 'expand_paths',
-           'PredictionResult', 'predict_files', 'ExportedClassifier', 'ExportedEnsemble', 'ExportResult',
-           'export_model']
-
-# %% ../nbs/07_inference.ipynb #1f788cef
-from .config import progress_bar
+__all__ = ['IMAGE_SUFFIXES', 'PREDICTION_COLUMNS', 'ImageError', 'read_image', 'expand_paths', 'PredictionResult',
+           'predict_files', 'ExportedClassifier', 'ExportedEnsemble', 'ExportResult', 'export_model']
 
 # %% ../nbs/07_inference.ipynb #58de0346
 IMAGE_SUFFIXES = ('.dcm', '.dicom', '.png', '.jpg', '.jpeg')
@@ -109,8 +106,6 @@ def expand_paths(paths, # files and folders: one path or a list
     return list(dict.fromkeys(files))
 
 # %% ../nbs/07_inference.ipynb #8f6442f9
-def _cores()->int: return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
-
 class _ImageFiles(Dataset):
     "Item i: (i, patientId, uint8 size×size tensor, None), or (i, None, None, error) when the file cannot be read."
     def __init__(self, files:list, size:int): self.files, self.size = [str(f) for f in files], int(size)
@@ -136,7 +131,7 @@ def _threshold(contract:Contract, path)->tuple:
     "(threshold, where it came from): the checkpoint's (or the ensemble file's) stored threshold, or 0.5 with a warning."
     t, ensemble = contract.threshold, isinstance(contract, EnsembleContract)
     if t is None and ensemble:
-        warnings.warn(f'{path}: {_NO_ENSEMBLE_THRESHOLD}. Until then predictions use 0.5, which was not chosen for it.', UserWarning, stacklevel=3)
+        warnings.warn(f'{no_ensemble_threshold(path)}. Until then predictions use 0.5, which was not chosen for it.', UserWarning, stacklevel=3)
         return 0.5, 'default: the ensemble has none'
     if t is None:
         warnings.warn(f'{path}: no operating threshold is stored in this checkpoint, so predictions use 0.5, which was '
@@ -229,7 +224,7 @@ def predict_files(checkpoint, # a checkpoint written by `train` (its contract gi
         dev = next(model.parameters()).device
         thr, source = _threshold(contract, where)
         norm = lambda x: normalise(x[:, None] if x.ndim == 3 else x, contract.mean, contract.std)
-        workers = min(8, _cores()) if workers is None else workers
+        workers = min(8, num_cpus() or 1) if workers is None else workers
         workers = max(0, min(workers, -(-len(files) // batch_size)))   # no more processes than batches
         loader = DataLoader(_ImageFiles(files, contract.size), batch_size=batch_size, num_workers=workers,
                             collate_fn=_collate, pin_memory=dev.type == 'cuda')
@@ -274,7 +269,6 @@ class ExportedEnsemble(nn.Module):
         return torch.sigmoid(logit), logit
 
 # %% ../nbs/07_inference.ipynb #7f7a2849
-EXPORT_FORMATS = ('torchscript', 'onnx')
 _IO = dict(input_names=['image'], output_names=['probability', 'logit'])
 
 @contextmanager
@@ -364,7 +358,7 @@ def export_model(checkpoint, # a checkpoint written by `train`, or an ensemble: 
     where = contract.name if ensemble else single_checkpoint(checkpoint)
     size, threshold = contract.size, None if contract.threshold is None else dataclasses.asdict(contract.threshold)
     if threshold is None and ensemble:
-        warnings.warn(f'{where}: {_NO_ENSEMBLE_THRESHOLD}, then export that. contract.json gets "threshold": null.', UserWarning, stacklevel=2)
+        warnings.warn(f'{no_ensemble_threshold(where)}, then export that. contract.json gets "threshold": null.', UserWarning, stacklevel=2)
     elif threshold is None:
         warnings.warn(f'{where}: no operating threshold is stored in this checkpoint; contract.json gets '
                       '"threshold": null. Run `pneumonia_nb evaluate` to choose one on the validation split, then export again.',

@@ -48,6 +48,7 @@ def _adapt_first_conv(model:nn.Module, in_chans:int=1) -> nn.Module:
     setattr(parent, attr, new)
     return model
 
+# %% ../nbs/04_model.ipynb #b04c0002
 def _replace_head(model:nn.Module, n_out:int=1) -> nn.Module:
     "Replace the last `Linear` of `model` (`fc` or `classifier`) by one with `n_out` outputs"
     name, lin = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
@@ -66,6 +67,7 @@ def _cache_file(name:str) -> Path:
     "Where torch hub keeps the ImageNet weights file of backbone `name`"
     return Path(torch.hub.get_dir())/'checkpoints'/Path(urlparse(_default_weights(name).url).path).name
 
+# %% ../nbs/04_model.ipynb #b04c0005
 @contextmanager
 def _socket_timeout(seconds:float):
     old = socket.getdefaulttimeout()
@@ -81,6 +83,18 @@ def _imagenet_model(name:str) -> nn.Module:
 # %% ../nbs/04_model.ipynb #976fa491
 _DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
+def _check_keys(own:dict, sd:dict, name:str, path):
+    "A `ValueError` naming the file when `sd` does not fit the `state_dict` `own` of backbone `name`."
+    missing = [k for k in own if k not in sd and not k.endswith('num_batches_tracked')]  # absent from older files
+    unexpected = [k for k in sd if k not in own]
+    bad_shape = [k for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or bad_shape:
+        details = '; '.join(f'{n} {kind} key(s), e.g. {ks[0]!r}' for kind, ks in
+                            [('missing', missing), ('unexpected', unexpected), ('wrongly shaped', bad_shape)]
+                            if (n := len(ks)))
+        raise ValueError(f"{path} does not match backbone {name!r} ({details}). Expected the state_dict of "
+                         f"torchvision's 3-channel {name}, e.g. the file {_default_weights(name).url}")
+
 def _load_weights_file(model:nn.Module, name:str, path) -> nn.Module:
     "Load the torchvision weights file `path` into the standard 3-channel `model` of backbone `name`"
     path = Path(path).expanduser()
@@ -92,16 +106,7 @@ def _load_weights_file(model:nn.Module, name:str, path) -> nn.Module:
     if isinstance(sd, dict) and isinstance(sd.get('state_dict'), dict): sd = sd['state_dict']
     if not isinstance(sd, dict): raise ValueError(f"{path} does not hold a state_dict (found {type(sd).__name__}).")
     sd = {(f'{m[1]}{m[2]}' if (m := _DENSENET_KEY.match(k)) else k): v for k, v in sd.items()}
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd and not k.endswith('num_batches_tracked')]  # absent from older files
-    unexpected = [k for k in sd if k not in own]
-    bad_shape = [k for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or bad_shape:
-        details = '; '.join(f'{n} {kind} key(s), e.g. {ks[0]!r}' for kind, ks in
-                            [('missing', missing), ('unexpected', unexpected), ('wrongly shaped', bad_shape)]
-                            if (n := len(ks)))
-        raise ValueError(f"{path} does not match backbone {name!r} ({details}). Expected the state_dict of "
-                         f"torchvision's 3-channel {name}, e.g. the file {_default_weights(name).url}")
+    _check_keys(model.state_dict(), sd, name, path)
     model.load_state_dict(sd)
     return model
 
@@ -119,6 +124,7 @@ def _missing_weights_help(name:str) -> str:
     return (f"To use them, put {f.name} (from {_default_weights(name).url}) in {f.parent}/ "
             f"or pass --model.weights PATH.")
 
+# %% ../nbs/04_model.ipynb #b04c0009
 def build_backbone(name:str='resnet18', # one of `BACKBONES`
                    pretrained:str|bool='auto', # 'auto', 'imagenet' or 'none' (True/False mean 'imagenet'/'none')
                    weights_path:str|Path|None=None, # local torchvision weights file; overrides `pretrained`
@@ -177,6 +183,15 @@ def _beta(alpha:float)->float:
     a = torch.tensor(float(alpha))
     return float(torch.distributions.Beta(a, a).sample())
 
+def _cut(x:torch.Tensor, perm:torch.Tensor, lam:float)->tuple:
+    "Cutmix's paste: a rectangle of area share `1-lam` from each partner image, its centre uniform, clipped at the border; (x, the share left)."
+    h, w = x.shape[-2:]
+    ch, cw = round(h * math.sqrt(1 - lam)), round(w * math.sqrt(1 - lam))
+    cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+    y0, y1, x0, x1 = max(cy - ch//2, 0), min(cy + ch - ch//2, h), max(cx - cw//2, 0), min(cx + cw - cw//2, w)
+    x = x.clone(); x[..., y0:y1, x0:x1] = x[perm, ..., y0:y1, x0:x1]
+    return x, 1 - (y1 - y0) * (x1 - x0) / (h * w)
+
 def mix_batch(x:torch.Tensor, # (B,C,H,W) images, on any device
               y:torch.Tensor, # (B,) float targets, on the same device
               mixup:float=0.0, # α of mixup's Beta(α, α); 0: off
@@ -188,13 +203,7 @@ def mix_batch(x:torch.Tensor, # (B,C,H,W) images, on any device
     cut = cutmix > 0 and (mixup <= 0 or bool(torch.rand(()) < 0.5))
     lam = _beta(cutmix if cut else mixup)
     perm = torch.randperm(n).to(y.device)   # drawn on the host: the same stream on every device
-    if cut:
-        h, w = x.shape[-2:]
-        ch, cw = round(h * math.sqrt(1 - lam)), round(w * math.sqrt(1 - lam))
-        cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
-        y0, y1, x0, x1 = max(cy - ch//2, 0), min(cy + ch - ch//2, h), max(cx - cw//2, 0), min(cx + cw - cw//2, w)
-        x = x.clone(); x[..., y0:y1, x0:x1] = x[perm, ..., y0:y1, x0:x1]
-        lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+    if cut: x, lam = _cut(x, perm, lam)
     else: x = lam * x + (1 - lam) * x[perm]
     return x, lam * y + (1 - lam) * y[perm], lam, perm
 
@@ -311,6 +320,7 @@ def _param_groups(model:nn.Module, weight_decay:float):
     return [{'params': [p for p in params if p.ndim > 1], 'weight_decay': weight_decay},
             {'params': [p for p in params if p.ndim <= 1], 'weight_decay': 0.}]
 
+# %% ../nbs/04_model.ipynb #b04c0012
 @patch
 def configure_optimizers(self:PneumoniaClassifier):
     hp = self.hparams

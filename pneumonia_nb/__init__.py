@@ -5,9 +5,9 @@ __version__ = "0.1.0"
 _API = dict(RunConfig='config', recipe='config', load_config='config', save_config='config',
             make_demo_dataset='demo', preprocess='cache', load_manifest='cache',
             train='training', cross_validate='training', evaluate='evaluation',
-            load_classifier='model', load_model='evaluation', load_ensemble='evaluation', predict_files='inference',
-            export_model='inference', export_folder='cache', checkpoint_files='evaluation',
-            EnsembleContract='evaluation', ENSEMBLE_FILE='evaluation', tune='tune', parse_space='tune')
+            load_classifier='checkpoints', load_model='checkpoints', load_ensemble='checkpoints', predict_files='inference',
+            export_model='inference', export_folder='cache', checkpoint_files='checkpoints',
+            EnsembleContract='checkpoints', ENSEMBLE_FILE='checkpoints', tune='tune', parse_space='tune')
 
 def __getattr__(name):
     if name in _API:

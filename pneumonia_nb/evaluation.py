@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_evaluation.ipynb #71caa9dc
 from __future__ import annotations
-import dataclasses, datetime, json, math, os, re, warnings
+import dataclasses, datetime, json, math, os, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -14,22 +14,20 @@ import matplotlib
 import matplotlib.pyplot as plt
 from matplotlib.patches import Rectangle
 from scipy.stats import bootstrap, rankdata
-from .config import PneumoniaError, ThresholdRecord, atomic_write, normalise, output_lock, refuse_inputs
-from .config import CheckpointError, patients_in, resolve_device, weights_digest
-from .cache import load_manifest, load_stats
-from .config import write_csv
+from .config import PneumoniaError, ThresholdRecord, atomic_write, output_lock, refuse_inputs
+from .config import CheckpointError, write_csv
+from .cache import load_manifest
 from .dataset import load_images
-from .model import load_classifier, save_classifier
+from .checkpoints import ENSEMBLE_FILE, Ensemble, EnsembleContract, check_cache_size, checkpoint_files
+from .checkpoints import loaded_model, model_input, predict_images, predict_split, save_classifier, split_rows
+from .checkpoints import weights_digest, write_ensemble
 
 # %% auto #0
-__all__ = ['METRICS', 'THRESHOLD_METHODS', 'ENSEMBLE_FILE', 'AGE_BANDS', 'confusion', 'threshold_metrics', 'auroc',
-           'average_precision', 'brier_score', 'expected_calibration_error', 'all_metrics', 'metric_table',
-           'choose_threshold', 'threshold_record', 'mean_probability_logit', 'EnsembleFile', 'write_ensemble',
-           'read_ensemble', 'EnsembleContract', 'Ensemble', 'single_checkpoint', 'load_ensemble', 'load_model',
-           'checkpoint_files', 'predict_images', 'predict_split', 'calibrate_threshold', 'roc_points', 'pr_points',
-           'plot_curves', 'plot_reliability', 'plot_confusion', 'plot_scores', 'subgroup_table', 'cam_layer',
-           'grad_cam', 'box_mask', 'centre_prior', 'box_prior', 'localization_scores', 'localization_summary',
-           'cam_gallery', 'EvaluationResult', 'evaluate']
+__all__ = ['METRICS', 'THRESHOLD_METHODS', 'AGE_BANDS', 'confusion', 'threshold_metrics', 'auroc', 'average_precision',
+           'brier_score', 'expected_calibration_error', 'all_metrics', 'metric_table', 'choose_threshold',
+           'threshold_record', 'calibrate_threshold', 'roc_points', 'pr_points', 'plot_curves', 'plot_reliability',
+           'plot_confusion', 'plot_scores', 'subgroup_table', 'cam_layer', 'grad_cam', 'box_mask', 'centre_prior',
+           'box_prior', 'localization_scores', 'localization_summary', 'cam_gallery', 'EvaluationResult', 'evaluate']
 
 # %% ../nbs/06_evaluation.ipynb #8a1ad1f8
 from .config import progress_bar
@@ -181,280 +179,6 @@ def threshold_record(y, # labels of the patients the threshold is chosen on
                            positives=int(y.sum()), chosen=datetime.datetime.now().isoformat(timespec='seconds'), by=by,
                            metrics={k: float(at[k]) for k in ('recall', 'specificity', 'precision') if k in at})
 
-# %% ../nbs/06_evaluation.ipynb #d0aa37d6
-def _log_sigmoid(z:torch.Tensor)->torch.Tensor:
-    "log σ(z) = −(max(−z, 0) + log(1 + e^−|z|)): finite for every finite z."
-    return -(torch.relu(-z) + torch.log1p(torch.exp(-z.abs())))
-
-def _log_sum_exp(a:torch.Tensor)->torch.Tensor:
-    "log Σ exp(a) over the first axis, from its maximum down."
-    top = a.amax(0)
-    return top + torch.log(torch.exp(a - top).sum(0))
-
-def mean_probability_logit(logits:torch.Tensor, # (M, B): M members' logits for B images
-                          )->torch.Tensor: # (B,)
-    "The logit of the members' mean probability, log(p̄/(1−p̄)) with p̄ = mean σ(z), computed in log space."
-    return _log_sum_exp(_log_sigmoid(logits)) - _log_sum_exp(_log_sigmoid(-logits))
-
-# %% ../nbs/06_evaluation.ipynb #80f9fae4
-ENSEMBLE_FILE = 'ensemble.json'
-_ENSEMBLE_VERSION = 1
-
-@dataclass
-class EnsembleFile:
-    "An ensemble file's content, checked, its paths resolved"
-    path: Path # the file
-    members: list # the member checkpoints, in order
-    threshold: ThresholdRecord|None # the ensemble's operating threshold (None: none was chosen)
-    n: int = 0 # patients whose predictions chose it
-    digests: list|None = None # each member's `weights_digest` when the file was written (None: not recorded)
-    oof: Path|None = None # the out-of-fold predictions the threshold was chosen on
-    by: str = '' # what wrote the file
-
-def _threshold_from(d, path)->ThresholdRecord|None:
-    "The `ThresholdRecord` a file stores as a plain mapping (or None), checked."
-    if d is None: return None
-    if not isinstance(d, dict): raise CheckpointError(path, f'its threshold is {d!r}, not a threshold record')
-    try: t = ThresholdRecord(**{k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(ThresholdRecord)}})
-    except TypeError as e: raise CheckpointError(path, f'its threshold record is incomplete ({e})') from None
-    if isinstance(t.value, bool) or not isinstance(t.value, (int, float)) or not math.isfinite(t.value) or not 0 <= t.value <= 1:
-        raise CheckpointError(path, f'its threshold {t.value!r} is not a probability between 0 and 1')
-    return t
-
-def _beside(path:Path, name:str)->Path:
-    "The file `name` names in the ensemble file `path`: relative to its folder (an absolute path stays as it is)."
-    return Path(os.path.normpath(path.parent.resolve()/name))
-
-def _parse_ensemble(doc, path:Path)->EnsembleFile:
-    "The `EnsembleFile` of `doc`, the JSON content of the file `path`, every value checked; member paths are relative to its folder."
-    if not isinstance(doc, dict) or doc.get('pneumonia_nb') != 'ensemble':
-        raise CheckpointError(path, 'not an ensemble file written by pneumonia_nb (it lacks "pneumonia_nb": "ensemble")')
-    v = doc.get('version')
-    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= _ENSEMBLE_VERSION:
-        raise CheckpointError(path, f'ensemble file format {v!r}: this pneumonia_nb reads format {_ENSEMBLE_VERSION}; upgrade pneumonia_nb')
-    ms = doc.get('members')
-    if not isinstance(ms, list) or not ms: raise CheckpointError(path, 'lists no member checkpoints: an ensemble needs at least one')
-    files, digests = [], []
-    for i, m in enumerate(ms):
-        name = m.get('checkpoint') if isinstance(m, dict) else None
-        if not isinstance(name, str) or not name: raise CheckpointError(path, f'member {i} is {m!r}, not {{"checkpoint": PATH}}')
-        d = m.get('weights_sha256')
-        if d is not None and not (isinstance(d, str) and re.fullmatch('[0-9a-f]{64}', d)):
-            raise CheckpointError(path, f'member {name}: weights_sha256 {d!r} is not a SHA-256 digest')
-        f = _beside(path, name)
-        if not f.is_file():
-            raise CheckpointError(path, f'its member {name} is missing ({"not a file" if f.exists() else "no such file"}: {f}); '
-                                  'rerun the cross-validation, or give the checkpoints that are left one by one')
-        if any(f.resolve() == g.resolve() for g in files): raise CheckpointError(path, f'lists the member {name} twice')
-        files.append(f); digests.append(d)
-    n, oof = doc.get('n', 0), doc.get('oof')
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0: raise CheckpointError(path, f'its patient count n={n!r} is not a count')
-    if oof is not None and not (isinstance(oof, str) and oof): raise CheckpointError(path, f'its oof entry {oof!r} is not a file name')
-    return EnsembleFile(path, files, _threshold_from(doc.get('threshold'), path), n, None if all(d is None for d in digests) else digests,
-                        None if oof is None else _beside(path, oof), str(doc.get('by', '')))
-
-# %% ../nbs/06_evaluation.ipynb #53960245
-def write_ensemble(path, # the file to write, ending with .json (`ENSEMBLE_FILE` in the output folder of `cross_validate`)
-                   members, # the member checkpoints, in order
-                   threshold:ThresholdRecord|None=None, # the ensemble's operating threshold
-                   n:int=0, # patients whose predictions chose it
-                   digests:list|None=None, # each member's `weights_digest`, checked when the ensemble is loaded
-                   oof=None, # the predictions file the threshold was chosen on
-                   by:str='', # what writes the file
-                  )->Path:
-    "Write an ensemble file, atomically, once the reader's checks pass: the one place that writes one."
-    path, members = Path(path), [Path(m) for m in members]
-    if path.suffix.lower() != '.json': raise ValueError(f'{path}: an ensemble file ends with .json (that is how it is told from a checkpoint)')
-    if digests is not None and len(digests) != len(members): raise ValueError(f'{len(digests)} digests for {len(members)} members')
-    rel = lambda f: os.path.relpath(Path(f).resolve(), path.parent.resolve())
-    doc = dict(pneumonia_nb='ensemble', version=_ENSEMBLE_VERSION,
-               members=[dict(checkpoint=rel(f), **({} if digests is None else dict(weights_sha256=digests[i]))) for i, f in enumerate(members)],
-               threshold=None if threshold is None else dataclasses.asdict(threshold), n=int(n),
-               oof=None if oof is None else rel(oof), by=by, created=datetime.datetime.now().isoformat(timespec='seconds'))
-    _parse_ensemble(json.loads(json.dumps(doc)), path)   # what the reader would refuse is never written
-    return atomic_write(path, json.dumps(doc, indent=2))
-
-def _ensemble_in(folder:Path)->Path:
-    "The ensemble file in `folder`, or an error that says what the folder holds instead."
-    f = folder/ENSEMBLE_FILE
-    if f.is_file(): return f
-    if not [p for p in folder.iterdir() if not p.name.startswith('.')]:
-        raise CheckpointError(folder, f'empty folder: give the folder pneumonia_nb train --fit.cv_folds K wrote (it holds {ENSEMBLE_FILE}), or checkpoint files')
-    ckpts = list(folder.glob('fold_*/checkpoints/*.ckpt'))
-    hint = (f'it has {len(ckpts)} fold checkpoint(s): a cross-validation that did not finish, or one written before ensembles were; rerun '
-            'it, or give the checkpoints one by one' if ckpts else 'give the folder pneumonia_nb train --fit.cv_folds K wrote, or checkpoint files')
-    raise CheckpointError(folder, f'no {ENSEMBLE_FILE} here, so this folder is not an ensemble; {hint}')
-
-def read_ensemble(path, # an ensemble file, or a folder holding one (`ENSEMBLE_FILE`, as `cross_validate` writes it)
-                 )->EnsembleFile:
-    "An ensemble file's content, every value checked and every member there: the one place that reads one."
-    path = Path(path)
-    if path.is_dir(): path = _ensemble_in(path)
-    elif not path.exists(): raise CheckpointError(path, 'no such file or folder')
-    try: doc = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e: raise CheckpointError(path, f'not an ensemble file: not valid JSON ({e})') from None
-    return _parse_ensemble(doc, path)
-
-# %% ../nbs/06_evaluation.ipynb #a86243c2
-@dataclass
-class EnsembleContract:
-    "What an ensemble promises, as a checkpoint's `Contract` does: its input, its threshold, the patients it has seen"
-    size:int # side of the square input images: every member's
-    members:list # the members' own `Contract`s, in order
-    files:list # the member checkpoints, in order
-    threshold:ThresholdRecord|None=None # the ensemble's operating threshold, from its ensemble file (never a member's)
-    source:Path|None=None # the ensemble file it came from (None: a list of checkpoints)
-    oof:Path|None=None # the out-of-fold predictions its threshold was chosen on, when the file lists them
-    mean:float=0.0 # with `std`, the identity for `normalise`: each member normalises inside `Ensemble`
-    std:float=1/255
-
-    def seen(self, ids)->np.ndarray:
-        "Which of `ids` any member trained on or chose its checkpoint and threshold on."
-        return np.logical_or.reduce([c.seen(ids) for c in self.members])
-
-    def trained_on(self, ids)->np.ndarray:
-        "Which of `ids` any member trained on."
-        return np.logical_or.reduce([patients_in(c.train_patients, ids) for c in self.members])
-
-    @property
-    def name(self)->str:
-        "The ensemble in a few words, for messages: its file, or its checkpoints."
-        return str(self.source) if self.source else 'the ensemble of ' + ', '.join(map(str, self.files))
-
-_NO_ENSEMBLE_THRESHOLD = ("this ensemble has no operating threshold (a member's own was chosen for that model, not for the members' "
-                          "average, and is not used): give the folder that pneumonia_nb train --fit.cv_folds K wrote (its ensemble.json "
-                          "holds the threshold chosen on the pooled out-of-fold predictions), or choose one with pneumonia_nb evaluate "
-                          "--rechoose, which writes OUT/ensemble.json")
-
-class Ensemble(torch.nn.Module):
-    "Classifiers as one: grey levels 0–255 (B,1,S,S) in, the logit of the members' mean probability (B,) out"
-    def __init__(self, models:list, # the members (`PneumoniaClassifier`s)
-                 contracts:list): # their `Contract`s: each member's images are normalised with its own mean and std
-        super().__init__()
-        self.models = torch.nn.ModuleList(models)
-        self.norms = [(float(c.mean), float(c.std)) for c in contracts]
-
-    def member_logits(self, x:torch.Tensor)->torch.Tensor:
-        "(M, B): each member's logits, from the images normalised its own way."
-        return torch.stack([m(normalise(x, mean, std)) for m, (mean, std) in zip(self.models, self.norms)])
-
-    def forward(self, x:torch.Tensor)->torch.Tensor: return mean_probability_logit(self.member_logits(x))
-
-# %% ../nbs/06_evaluation.ipynb #6e044f0f
-def single_checkpoint(checkpoint)->Path|None:
-    "The file, when `checkpoint` names one checkpoint (a path, or a list of one); None when it names an ensemble."
-    if isinstance(checkpoint, (list, tuple)) and len(checkpoint) == 1: checkpoint = checkpoint[0]
-    if isinstance(checkpoint, (str, os.PathLike)) and not Path(checkpoint).is_dir() and Path(checkpoint).suffix.lower() != '.json':
-        return Path(checkpoint)
-    return None
-
-def _members(checkpoints)->tuple:
-    "(member files, `EnsembleFile` or None) of an ensemble given as checkpoint files, or as an ensemble file or a folder holding one."
-    paths = [Path(c) for c in ([checkpoints] if isinstance(checkpoints, (str, os.PathLike)) else checkpoints)]
-    if not paths: raise CheckpointError(None, 'no checkpoint given: an ensemble needs at least one')
-    if len(paths) == 1 and single_checkpoint(paths) is None:
-        spec = read_ensemble(paths[0]); return spec.members, spec
-    if (alone := next((p for p in paths if single_checkpoint(p) is None), None)) is not None:
-        raise CheckpointError(alone, 'an ensemble file or folder stands alone: give it by itself, or list checkpoint files')
-    if len({p.resolve() for p in paths}) < len(paths): raise CheckpointError(None, f'a checkpoint is listed twice: {", ".join(map(str, paths))}')
-    return paths, None
-
-def load_ensemble(checkpoints, # checkpoint files, or an ensemble file or a folder holding one (see `read_ensemble`)
-                  backbone:str|None=None, # insist on this backbone for every member; None accepts theirs
-                  trusted:bool=False, # see `load_checkpoint`
-                  map_location='cpu', # device of the members: 'cpu', 'cuda', ..., or 'auto' (CUDA when available)
-                 )->tuple: # (`Ensemble`, `EnsembleContract`)
-    "The members, each with its own contract, as one model that averages their probabilities; the threshold is the ensemble file's, if any."
-    files, spec = _members(checkpoints)
-    device = resolve_device(map_location)   # a device that is not there fails before any work
-    loaded = [load_classifier(f, backbone=backbone, trusted=trusted, map_location=device) for f in files]
-    models, contracts = [m for m, _ in loaded], [c for _, c in loaded]
-    if len({c.size for c in contracts}) > 1:
-        raise CheckpointError(None if spec is None else spec.path, 'the members read images of different sizes ('
-                              + ', '.join(f'{f} {c.size}²' for f, c in zip(files, contracts)) + '): the members of an ensemble read the '
-                              'same images; leave out those of the other size')
-    for f, m, d in zip(files, models, spec.digests if spec is not None and spec.digests else [None] * len(files)):
-        if d is not None and weights_digest(m.state_dict()) != d:
-            raise CheckpointError(f, f'its weights are not those {spec.path} was written with: it was replaced since (by training resumed '
-                                  "into its folder, say), and the ensemble's threshold was chosen for the old weights; rerun the cross-validation")
-    contract = EnsembleContract(contracts[0].size, contracts, files, threshold=None if spec is None else spec.threshold,
-                                source=None if spec is None else spec.path, oof=None if spec is None else spec.oof)
-    return Ensemble(models, contracts).to(device).eval(), contract
-
-def load_model(checkpoint, # a checkpoint file; or an ensemble: several checkpoint files, an ensemble file, or a folder holding one
-               backbone:str|None=None, trusted:bool=False, map_location='cpu', # see `load_classifier`
-              )->tuple: # (model, contract): (`PneumoniaClassifier`, `Contract`) or (`Ensemble`, `EnsembleContract`)
-    "One checkpoint through `load_classifier`, an ensemble through `load_ensemble`: what `evaluate`, `predict_files` and `export_model` load."
-    if (one := single_checkpoint(checkpoint)) is not None:
-        return load_classifier(one, backbone=backbone, trusted=trusted, map_location=map_location)
-    return load_ensemble(checkpoint, backbone=backbone, trusted=trusted, map_location=map_location)
-
-def _is_loaded(checkpoint)->bool:
-    "Whether `checkpoint` is a `(model, contract)` pair already loaded."
-    return isinstance(checkpoint, tuple) and len(checkpoint) == 2 and isinstance(checkpoint[0], torch.nn.Module)
-
-def checkpoint_files(checkpoint)->list:
-    "The files `load_model(checkpoint)` reads (for an ensemble file: its members and its out-of-fold predictions too), for `refuse_inputs`."
-    if _is_loaded(checkpoint):
-        c = checkpoint[1]
-        return [*c.files, *(p for p in (c.source, c.oof) if p is not None)] if isinstance(c, EnsembleContract) else []
-    if (one := single_checkpoint(checkpoint)) is not None: return [one]
-    files, spec = _members(checkpoint)
-    return files + ([] if spec is None else [p for p in (spec.path, spec.oof) if p is not None])
-
-# %% ../nbs/06_evaluation.ipynb #a7ea2f01
-def _split_rows(cache, split:str, m:pd.DataFrame|None=None)->pd.DataFrame:
-    m = load_manifest(cache) if m is None else m
-    rows = m if split == 'all' else m[m.split == split]
-    if rows.empty:
-        have = ', '.join(f'{k} {v}' for k, v in m.split.value_counts().items())
-        hint = ' (preprocess with test_frac > 0, or --preprocess.test_frac, to hold out a test split)' if split == 'test' else ''
-        raise ValueError(f"{cache}: no rows in split {split!r}; it has {have}{hint}")
-    return rows.reset_index(drop=True)
-
-def _check_size(cache, contract):
-    size = load_stats(cache)['size']
-    if size != contract.size:
-        raise PneumoniaError(cache, f"holds {size}² images but the checkpoint was trained on {contract.size}²: "
-                             f"preprocess the data with size {contract.size}")
-
-def _loaded(checkpoint, trusted:bool=False, device='auto')->tuple:
-    "(model, contract, path): `checkpoint` read once here (`load_model`), or a `(model, contract)` pair already loaded; path: the checkpoint or ensemble file, if any."
-    model, contract = checkpoint if _is_loaded(checkpoint) else load_model(checkpoint, trusted=trusted, map_location=device)
-    if isinstance(contract, EnsembleContract): return model, contract, contract.source
-    return model, contract, None if _is_loaded(checkpoint) else single_checkpoint(checkpoint)
-
-def _normalised(images:np.ndarray, model, contract:dict)->torch.Tensor:
-    "uint8 (N,S,S) images as the model's float input (N,1,S,S) on its device, normalised by the contract."
-    x = torch.from_numpy(images).to(next(model.parameters()).device)
-    return normalise(x[:, None], contract.mean, contract.std)
-
-@torch.no_grad()
-def predict_images(model, # a `PneumoniaClassifier` in eval mode
-                   images:np.ndarray, # uint8 (N,S,S) images as the cache holds them
-                   contract, # the checkpoint's `Contract` (mean, std)
-                   batch_size:int=128,
-                   progress:bool=False)->np.ndarray:
-    "Probabilities for uint8 images, normalised with the contract's mean and std."
-    out = [torch.sigmoid(model(_normalised(images[i:i + batch_size], model, contract)).float()).cpu()
-           for i in progress_bar(range(0, len(images), batch_size), desc='predict', disable=not progress)]
-    p = torch.cat(out).numpy() if out else np.zeros(0, np.float32)
-    if not np.isfinite(p).all():
-        raise PneumoniaError('the model', f'gave a non-finite probability for {int((~np.isfinite(p)).sum())} of {len(p)} images '
-                             '(its weights are finite, but its arithmetic overflows): no metric or threshold can be computed from it')
-    return p
-
-def predict_split(checkpoint, # a checkpoint written by `train`, an ensemble (see `load_model`), or a loaded `(model, contract)`
-                  cache, # a cache folder written by `preprocess` at the checkpoint's size
-                  split:str='test', # 'train', 'val', 'test' or 'all'
-                  batch_size:int=128, device:str='auto', trusted:bool=False, progress:bool=False,
-                 )->pd.DataFrame:
-    "The split's manifest rows with a `probability` column."
-    model, contract, _ = _loaded(checkpoint, trusted, device)
-    _check_size(cache, contract)
-    rows = _split_rows(cache, split)
-    return rows.assign(probability=predict_images(model, load_images(rows), contract, batch_size, progress))
-
 # %% ../nbs/06_evaluation.ipynb #2dabe95f
 def calibrate_threshold(checkpoint, # a checkpoint written by `train`, an ensemble (see `load_model`), or a loaded `(model, contract)`
                         cache, # the cache the checkpoint was trained on
@@ -466,8 +190,8 @@ def calibrate_threshold(checkpoint, # a checkpoint written by `train`, an ensemb
     "Choose the operating threshold on the validation split."
     if split == 'test': raise PneumoniaError('split', 'the threshold is chosen on the validation split, never on the test split')
     if method == 'fixed': return threshold_record([], [], method, target, split)
-    model, contract, _ = _loaded(checkpoint, trusted, device)
-    if isinstance(contract, EnsembleContract): _refuse_trained_on(contract, _split_rows(cache, split), split, cache)
+    model, contract, _ = loaded_model(checkpoint, trusted, device)
+    if isinstance(contract, EnsembleContract): _refuse_trained_on(contract, split_rows(cache, split), split, cache)
     rows = predict_split((model, contract), cache, split, progress=progress)
     return threshold_record(rows.Target, rows.probability, method, target, split)
 
@@ -688,7 +412,7 @@ def _cams(model, images:np.ndarray, contract:dict, batch_size:int=32, progress:b
     if isinstance(model, Ensemble):   # the mean of the members' maps, each member reading the images its own way
         maps = np.mean([_cams(m, images, c, batch_size, progress) for m, c in zip(model.models, contract.members)], 0)
         return maps / np.maximum(maps.reshape(len(maps), -1).max(1), 1e-12)[:, None, None] if len(maps) else maps
-    out = [grad_cam(model, _normalised(images[i:i + batch_size], model, contract))
+    out = [grad_cam(model, model_input(images[i:i + batch_size], model, contract))
            for i in progress_bar(range(0, len(images), batch_size), desc='grad-cam', disable=not progress)]
     return np.concatenate(out) if out else np.zeros((0, *images.shape[1:]), np.float32)
 
@@ -773,16 +497,16 @@ _OUTPUTS = ('metrics.json', 'predictions.csv', 'report.md', 'curves.png', 'relia
 
 def _evaluate(checkpoint, cache, out, split, method, target, n_resamples, cam, gallery, batch_size, device, trusted, progress,
               seed, allow_seen, save_checkpoint)->EvaluationResult:
-    model, contract, ckpt_path = _loaded(checkpoint, trusted, device)
-    _check_size(cache, contract)
+    model, contract, ckpt_path = loaded_model(checkpoint, trusted, device)
+    check_cache_size(cache, contract)
     m = load_manifest(cache)
     if split is None: split = 'test' if (m.split == 'test').any() else 'original'
     if split == 'original':
-        rows = _split_rows(cache, 'val', m)
+        rows = split_rows(cache, 'val', m)
         thr_info = ThresholdRecord(0.5, 'fixed', 0.5, split='none (fixed)', by='the original protocol')
         seen = int(contract.seen(rows.patientId).sum())
     else:
-        rows = _split_rows(cache, split, m)   # fail early, before choosing a threshold
+        rows = split_rows(cache, split, m)   # fail early, before choosing a threshold
         seen = _check_unseen(contract, rows, split, cache, allow_seen)
         thr_info = _threshold_for(model, contract, cache, method, target, progress)
         if thr_info is not contract.threshold and save_checkpoint is not None:

@@ -15,20 +15,16 @@ import torch
 import torch.nn as nn
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from .config import CheckpointError, PneumoniaError, atomic_write, normalise, output_lock, refuse_inputs
+from fastcore.basics import num_cpus
+from .config import EXPORT_FORMATS, CheckpointError, PneumoniaError, atomic_write, normalise, output_lock, progress_bar
+from .config import refuse_inputs, write_csv
 from .dicom import DicomError, MAX_PIXELS, link_problem, read_dicom, resize_image
-from .config import write_csv
-from .model import load_classifier
-from .evaluation import Ensemble, EnsembleContract, checkpoint_files, load_model, mean_probability_logit, single_checkpoint
-from .evaluation import _NO_ENSEMBLE_THRESHOLD
+from .checkpoints import Contract, Ensemble, EnsembleContract, checkpoint_files, load_model, mean_probability_logit
+from .checkpoints import no_ensemble_threshold, single_checkpoint
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'PREDICTION_COLUMNS', 'EXPORT_FORMATS', 'ImageError', 'read_image', 'expand_paths',
-           'PredictionResult', 'predict_files', 'ExportedClassifier', 'ExportedEnsemble', 'ExportResult',
-           'export_model']
-
-# %% ../nbs/07_inference.ipynb #1f788cef
-from .config import progress_bar
+__all__ = ['IMAGE_SUFFIXES', 'PREDICTION_COLUMNS', 'ImageError', 'read_image', 'expand_paths', 'PredictionResult',
+           'predict_files', 'ExportedClassifier', 'ExportedEnsemble', 'ExportResult', 'export_model']
 
 # %% ../nbs/07_inference.ipynb #58de0346
 IMAGE_SUFFIXES = ('.dcm', '.dicom', '.png', '.jpg', '.jpeg')
@@ -45,6 +41,7 @@ def _is_dicom(path:Path)->bool:
         with open(path, 'rb') as f: f.seek(128); return f.read(4) == b'DICM'
     except OSError: return False
 
+# %% ../nbs/07_inference.ipynb #a07c0002
 def _to_uint8(img:np.ndarray)->np.ndarray:
     "8-bit grey levels: uint8 kept as is, deeper images stretched from their minimum to their maximum."
     if img.dtype == np.uint8: return img
@@ -52,6 +49,7 @@ def _to_uint8(img:np.ndarray)->np.ndarray:
     x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
     return np.rint(x * 255).astype(np.uint8)
 
+# %% ../nbs/07_inference.ipynb #a07c0005
 def _check_declared_size(path:Path, data:bytes):
     "Refuse, before decoding, an image whose header declares more than MAX_PIXELS pixels (when Pillow reads the header)."
     try:
@@ -64,6 +62,7 @@ def _check_declared_size(path:Path, data:bytes):
         raise ImageError(path, f'declares a {w}×{h} image ({w*h/1e6:.0f} megapixels), over the limit of {MAX_PIXELS/1e6:.0f}; '
                                'refused before decoding')
 
+# %% ../nbs/07_inference.ipynb #a07c0008
 def _read_picture(path:Path)->np.ndarray:
     "The greyscale 8-bit image of a PNG or JPEG (or another file OpenCV decodes), at its own size."
     if (why := link_problem(path)) is not None: raise ImageError(path, why)
@@ -73,8 +72,7 @@ def _read_picture(path:Path)->np.ndarray:
     except OSError as e: raise ImageError(path, f'could not be read ({e.strerror or e})') from None
     if not data: raise ImageError(path, 'empty file')
     _check_declared_size(path, data)
-    buf = np.frombuffer(data, np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
     if img is None: raise ImageError(path, "neither a DICOM (no 'DICM' marker) nor an image OpenCV can decode; "
                                            "the file may be truncated or corrupt")
     return _to_uint8(img)
@@ -110,8 +108,6 @@ def expand_paths(paths, # files and folders: one path or a list
     return list(dict.fromkeys(files))
 
 # %% ../nbs/07_inference.ipynb #8f6442f9
-def _cores()->int: return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
-
 class _ImageFiles(Dataset):
     "Item i: (i, patientId, uint8 size×size tensor, None), or (i, None, None, error) when the file cannot be read."
     def __init__(self, files:list, size:int): self.files, self.size = [str(f) for f in files], int(size)
@@ -137,7 +133,7 @@ def _threshold(contract:Contract, path)->tuple:
     "(threshold, where it came from): the checkpoint's (or the ensemble file's) stored threshold, or 0.5 with a warning."
     t, ensemble = contract.threshold, isinstance(contract, EnsembleContract)
     if t is None and ensemble:
-        warnings.warn(f'{path}: {_NO_ENSEMBLE_THRESHOLD}. Until then predictions use 0.5, which was not chosen for it.', UserWarning, stacklevel=3)
+        warnings.warn(f'{no_ensemble_threshold(path)}. Until then predictions use 0.5, which was not chosen for it.', UserWarning, stacklevel=3)
         return 0.5, 'default: the ensemble has none'
     if t is None:
         warnings.warn(f'{path}: no operating threshold is stored in this checkpoint, so predictions use 0.5, which was '
@@ -194,6 +190,7 @@ def _scores(model, loader, norm, dev, n:int, progress:bool)->tuple:
             bar.update(len(b['index']) + len(b['failed']))
     return probs, pids, failed
 
+# %% ../nbs/07_inference.ipynb #a07c0011
 def _check_seen(contract, df:pd.DataFrame, checkpoint, allow_seen:bool)->np.ndarray:
     "Which rows are of patients the model has seen; an error when there are any and not `allow_seen`."
     seen = contract.seen(df.patientId) if len(df) else np.zeros(0, bool)
@@ -203,6 +200,30 @@ def _check_seen(contract, df:pd.DataFrame, checkpoint, allow_seen:bool)->np.ndar
                              f'its threshold on (e.g. {df.patientId.iloc[i]}, {df.file.iloc[i]}): their predictions would look better '
                              'than the model is. Predict other patients, or pass allow_seen=True (--allow_seen) to predict them anyway, marked as such')
     return seen
+
+# %% ../nbs/07_inference.ipynb #a07c0013
+def _loader(files:list, size:int, batch_size:int, workers:int|None, dev:torch.device)->DataLoader:
+    "Batches of the decoded images; `workers` processes (None: one per core, up to 8), never more than there are batches."
+    workers = min(8, num_cpus() or 1) if workers is None else workers
+    workers = max(0, min(workers, -(-len(files) // batch_size)))
+    return DataLoader(_ImageFiles(files, size), batch_size=batch_size, num_workers=workers, collate_fn=_collate, pin_memory=dev.type == 'cuda')
+
+def _table(files:list, probs:dict, pids:dict, thr:float)->pd.DataFrame:
+    "One row per image predicted, in input order: `PREDICTION_COLUMNS`."
+    idx = sorted(probs)
+    prob = np.array([probs[i] for i in idx], dtype=np.float64)
+    return pd.DataFrame(dict(patientId=pd.Series([pids[i] for i in idx], dtype=str), probability=prob,
+                             prediction=(prob >= thr).astype(int), threshold=np.full(len(idx), thr),
+                             file=pd.Series([str(files[i]) for i in idx], dtype=str)))[PREDICTION_COLUMNS]
+
+# %% ../nbs/07_inference.ipynb #a07c0015
+def _write_outputs(out:Path, df:pd.DataFrame, failed:list)->Path|None:
+    "Write the predictions to `out` and the failures beside it; the errors file written, or None (an old one is removed)."
+    write_csv(out, df)
+    ef = _errors_file(out)
+    if failed: write_csv(ef, pd.DataFrame(failed, columns=['file', 'error'])); return ef
+    ef.unlink(missing_ok=True)   # left by an earlier run into the same file
+    return None
 
 # %% ../nbs/07_inference.ipynb #ecf73bee
 def predict_files(checkpoint, # a checkpoint written by `train` (its contract gives size, normalisation, threshold), or an ensemble: several checkpoints, an ensemble file or the folder `cross_validate` wrote (see `load_model`)
@@ -230,27 +251,14 @@ def predict_files(checkpoint, # a checkpoint written by `train` (its contract gi
         dev = next(model.parameters()).device
         thr, source = _threshold(contract, where)
         norm = lambda x: normalise(x[:, None] if x.ndim == 3 else x, contract.mean, contract.std)
-        workers = min(8, _cores()) if workers is None else workers
-        workers = max(0, min(workers, -(-len(files) // batch_size)))   # no more processes than batches
-        loader = DataLoader(_ImageFiles(files, contract.size), batch_size=batch_size, num_workers=workers,
-                            collate_fn=_collate, pin_memory=dev.type == 'cuda')
-        probs, pids, failed = _scores(model, loader, norm, dev, len(files), progress)
+        probs, pids, failed = _scores(model, _loader(files, contract.size, batch_size, workers, dev), norm, dev, len(files), progress)
         if not probs and failed and all(v.startswith('the model gave a non-finite') for v in failed.values()):
             raise CheckpointError(where, f'the model gave no finite probability for any of the {len(failed)} images: it is broken; nothing was written')
-        idx = sorted(probs)
-        prob = np.array([probs[i] for i in idx], dtype=np.float64)
-        df = pd.DataFrame(dict(patientId=pd.Series([pids[i] for i in idx], dtype=str), probability=prob,
-                               prediction=(prob >= thr).astype(int), threshold=np.full(len(idx), thr),
-                               file=pd.Series([str(files[i]) for i in idx], dtype=str)))[PREDICTION_COLUMNS]
+        df = _table(files, probs, pids, thr)
         seen = _check_seen(contract, df, where, allow_seen)
         if seen.any(): df['seen_by_model'] = seen.astype(int)
         failed = [(str(files[i]), failed[i]) for i in sorted(failed)]
-        errors_file = None
-        if out is not None:
-            write_csv(out, df)
-            ef = _errors_file(out)
-            if failed: write_csv(ef, pd.DataFrame(failed, columns=['file', 'error'])); errors_file = ef
-            else: ef.unlink(missing_ok=True)   # left by an earlier run into the same file
+        errors_file = None if out is None else _write_outputs(out, df, failed)
     return PredictionResult(df, failed, thr, source, (contract.source or contract.files) if ensemble else where, str(dev), out, errors_file,
                             time.time() - t0, int(seen.sum()), f'an ensemble of {len(contract.files)} checkpoints ({contract.name})' if ensemble else '')
 
@@ -275,7 +283,6 @@ class ExportedEnsemble(nn.Module):
         return torch.sigmoid(logit), logit
 
 # %% ../nbs/07_inference.ipynb #7f7a2849
-EXPORT_FORMATS = ('torchscript', 'onnx')
 _IO = dict(input_names=['image'], output_names=['probability', 'logit'])
 
 @contextmanager
@@ -288,6 +295,7 @@ def _quiet_export():
         warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
         yield
 
+# %% ../nbs/07_inference.ipynb #a07c0020
 def _export_onnx(module:nn.Module, example:torch.Tensor, path, exporter:str='auto')->dict:
     "Write `module` as ONNX with a dynamic batch axis ('auto': the TorchScript-based exporter, else the dynamo one)."
     legacy_error = None
@@ -308,6 +316,7 @@ def _export_onnx(module:nn.Module, example:torch.Tensor, path, exporter:str='aut
                            'it needs the onnx and onnxscript packages (pip install onnx onnxscript)') from None
     return dict(exporter='torch.onnx.export(dynamo=True)', opset=18)
 
+# %% ../nbs/07_inference.ipynb #a07c0022
 def _onnx_outputs(path, x:torch.Tensor)->list|None:
     "ONNX Runtime's outputs for `x` on the CPU, or None when onnxruntime is not installed."
     if importlib.util.find_spec('onnxruntime') is None: return None
@@ -338,7 +347,7 @@ class ExportResult:
              *[f'  {k:11} {p.name}' + (f'  (ONNX opset {c["onnx"]["opset"]})' if k == 'onnx' else '') for k, p in self.files.items()],
              f'  {"contract":11} contract.json',
              f'input      image float32 (batch, 1, {c["size"]}, {c["size"]}), grey levels 0-255; normalisation inside',
-             f'outputs    probability (batch,), logit (batch,)' + (": the mean of the members' probabilities, and its logit" if ms else ''),
+             'outputs    probability (batch,), logit (batch,)' + (": the mean of the members' probabilities, and its logit" if ms else ''),
              'threshold  ' + (f'{t["value"]:.4g} ({t.get("method")}, {t.get("split")} split)' if t else 'none stored: run pneumonia_nb evaluate, then export again'),
              'checked    max |difference| from PyTorch: ' + ', '.join(f'{k} {v:.1e}' if v is not None else f'{k} not checked (no onnxruntime)' for k, v in c['verified'].items()),
              f'time       {self.seconds:.1f} s']
@@ -347,6 +356,13 @@ class ExportResult:
 # %% ../nbs/07_inference.ipynb #70f8bf30
 def _staging(out_dir:Path, name:str)->Path: return out_dir/f'.{name}.{uuid.uuid4().hex[:8]}.tmp'
 _FILES = {'torchscript': 'model.pt', 'onnx': 'model.onnx'}
+
+def _warn_no_threshold(where, ensemble:bool):
+    "Warn that the model has no operating threshold, so contract.json gets null, and say how to get one."
+    if ensemble: warnings.warn(f'{no_ensemble_threshold(where)}, then export that. contract.json gets "threshold": null.', UserWarning, stacklevel=3)
+    else: warnings.warn(f'{where}: no operating threshold is stored in this checkpoint; contract.json gets '
+                        '"threshold": null. Run `pneumonia_nb evaluate` to choose one on the validation split, then export again.',
+                        UserWarning, stacklevel=3)
 
 def export_model(checkpoint, # a checkpoint written by `train`, or an ensemble: several checkpoints, an ensemble file or a cross-validation folder (see `load_model`)
                  out_dir, # folder to write model.pt, model.onnx and contract.json into (created)
@@ -364,12 +380,7 @@ def export_model(checkpoint, # a checkpoint written by `train`, or an ensemble: 
     ensemble = isinstance(contract, EnsembleContract)
     where = contract.name if ensemble else single_checkpoint(checkpoint)
     size, threshold = contract.size, None if contract.threshold is None else dataclasses.asdict(contract.threshold)
-    if threshold is None and ensemble:
-        warnings.warn(f'{where}: {_NO_ENSEMBLE_THRESHOLD}, then export that. contract.json gets "threshold": null.', UserWarning, stacklevel=2)
-    elif threshold is None:
-        warnings.warn(f'{where}: no operating threshold is stored in this checkpoint; contract.json gets '
-                      '"threshold": null. Run `pneumonia_nb evaluate` to choose one on the validation split, then export again.',
-                      UserWarning, stacklevel=2)
+    if threshold is None: _warn_no_threshold(where, ensemble)
     wrapper = (ExportedEnsemble([ExportedClassifier(m.backbone, c.mean, c.std) for m, c in zip(model.models, contract.members)]) if ensemble
                else ExportedClassifier(model.backbone, contract.mean, contract.std)).eval()
     g = torch.Generator().manual_seed(0)
@@ -381,6 +392,7 @@ def export_model(checkpoint, # a checkpoint written by `train`, or an ensemble: 
     refuse_inputs([out_dir/f for f in (*_FILES.values(), 'contract.json')], checkpoint_files(checkpoint), 'export')   # also the files it removes
     with output_lock(out_dir, 'another export run'): return _write_export(wrapper, model, contract, where, out_dir, formats, example, check, ref, threshold, t0)
 
+# %% ../nbs/07_inference.ipynb #a07c0031
 def _check_parity(verified:dict):
     "An error when an export's outputs differ from PyTorch's by more than 1e-3 (or by NaN)."
     for k, d in verified.items():
@@ -392,8 +404,31 @@ def _members_doc(model:Ensemble, contract:EnsembleContract)->list:
     return [dict(checkpoint=name(f), checkpoint_sha256=_sha256(f), backbone=m.hparams.backbone, mean=c.mean, std=c.std, fold=c.fold)
             for f, m, c in zip(contract.files, model.models, contract.members)]
 
+# %% ../nbs/07_inference.ipynb #a07c0034
+def _contract_doc(model, contract, source:Path|None, members:list|None, formats, threshold, verified:dict, onnx_info)->dict:
+    "contract.json: how to feed the exported model and read its outputs, where it came from, and how it was checked."
+    size, ensemble = contract.size, members is not None
+    return dict(
+        format=1,
+        input=dict(name='image', dtype='float32', shape=['batch', 1, size, size], range=[0, 255],
+                   description=f'grey levels of the {size}x{size} 8-bit image that pneumonia_nb.inference.read_image '
+                               'gives (DICOM: display grey levels, air dark; resized by resize_image), as float32. '
+                               'The normalisation is inside the model.'),
+        outputs=[dict(name='probability', dtype='float32', shape=['batch'], description=("the mean of the members' probabilities of lung opacity"
+                      if ensemble else 'probability of lung opacity') + ' (sigmoid of the logit)'),
+                 dict(name='logit', dtype='float32', shape=['batch'], description='logit of ' + ('that mean' if ensemble else 'lung opacity'))],
+        size=size, mean=None if ensemble else contract.mean, std=None if ensemble else contract.std,
+        normalisation="each member's (image/255 - mean)/std (members below), inside the model" if ensemble else '(image/255 - mean)/std, inside the model',
+        threshold=threshold, decision='positive when probability >= threshold.value',
+        backbone='+'.join(dict.fromkeys(d['backbone'] for d in members)) if ensemble else model.hparams.backbone,
+        checkpoint=None if source is None else source.name, checkpoint_sha256=None if source is None else _sha256(source),
+        fold=None if ensemble else contract.fold, **({} if members is None else dict(members=members)),
+        files={k: _FILES[k] for k in formats}, onnx=onnx_info,
+        verified=verified, torch=torch.__version__, created=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
+
+# %% ../nbs/07_inference.ipynb #a07c0036
 def _write_export(wrapper, model, contract, checkpoint, out_dir:Path, formats, example, check, ref, threshold, t0)->ExportResult:
-    size, ensemble = contract.size, isinstance(contract, EnsembleContract)
+    ensemble = isinstance(contract, EnsembleContract)
     source = contract.source if ensemble else Path(checkpoint)   # None: a list of checkpoints
     members = _members_doc(model, contract) if ensemble else None
     staged, verified, onnx_info = {}, {}, None
@@ -409,23 +444,7 @@ def _write_export(wrapper, model, contract, checkpoint, out_dir:Path, formats, e
                 got = _onnx_outputs(tmp, check)
                 verified['onnx'] = None if got is None else _max_diff(got, ref)
         _check_parity(verified)
-        doc = dict(
-            format=1,
-            input=dict(name='image', dtype='float32', shape=['batch', 1, size, size], range=[0, 255],
-                       description=f'grey levels of the {size}x{size} 8-bit image that pneumonia_nb.inference.read_image '
-                                   'gives (DICOM: display grey levels, air dark; resized by resize_image), as float32. '
-                                   'The normalisation is inside the model.'),
-            outputs=[dict(name='probability', dtype='float32', shape=['batch'], description=("the mean of the members' probabilities of lung opacity"
-                          if ensemble else 'probability of lung opacity') + ' (sigmoid of the logit)'),
-                     dict(name='logit', dtype='float32', shape=['batch'], description='logit of ' + ('that mean' if ensemble else 'lung opacity'))],
-            size=size, mean=None if ensemble else contract.mean, std=None if ensemble else contract.std,
-            normalisation="each member's (image/255 - mean)/std (members below), inside the model" if ensemble else '(image/255 - mean)/std, inside the model',
-            threshold=threshold, decision='positive when probability >= threshold.value',
-            backbone='+'.join(dict.fromkeys(d['backbone'] for d in members)) if ensemble else model.hparams.backbone,
-            checkpoint=None if source is None else source.name, checkpoint_sha256=None if source is None else _sha256(source),
-            fold=None if ensemble else contract.fold, **({} if members is None else dict(members=members)),
-            files={k: _FILES[k] for k in formats}, onnx=onnx_info,
-            verified=verified, torch=torch.__version__, created=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
+        doc = _contract_doc(model, contract, source, members, formats, threshold, verified, onnx_info)
         for k, tmp in staged.items(): os.replace(tmp, out_dir/_FILES[k])
         for k in EXPORT_FORMATS:   # a model of an earlier export that this one does not replace
             if k not in formats: (out_dir/_FILES[k]).unlink(missing_ok=True)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_model.ipynb #7b883a98
 from __future__ import annotations
-import io, math, os, pickle, re, socket, warnings, zipfile
+import io, math, re, socket, warnings
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from urllib.parse import urlparse
@@ -19,14 +19,10 @@ from torchmetrics.classification import BinaryAccuracy, BinaryPrecision, BinaryR
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 
 # %% auto #0
-__all__ = ['build_backbone', 'FocalLoss', 'mix_batch', 'PneumoniaClassifier', 'load_checkpoint', 'check_weights',
-           'load_classifier', 'save_classifier']
+__all__ = ['build_backbone', 'FocalLoss', 'mix_batch', 'PneumoniaClassifier']
 
 # %% ../nbs/04_model.ipynb #92479519
-from .config import BACKBONES, LOSSES, OPTIMIZERS, SCHEDULERS, CheckpointError, Contract, ModelConfig
-from .config import OptimConfig, RunConfig, atomic_write, read_contract, resolve_device, weights_digest
-from .config import write_contract
-from .config import _KEY as _CONTRACT_KEY
+from .config import BACKBONES, LOSSES, OPTIMIZERS, SCHEDULERS, ModelConfig, OptimConfig
 
 # %% ../nbs/04_model.ipynb #61717d0b
 def _parent(model:nn.Module, name:str):
@@ -52,6 +48,7 @@ def _adapt_first_conv(model:nn.Module, in_chans:int=1) -> nn.Module:
     setattr(parent, attr, new)
     return model
 
+# %% ../nbs/04_model.ipynb #b04c0002
 def _replace_head(model:nn.Module, n_out:int=1) -> nn.Module:
     "Replace the last `Linear` of `model` (`fc` or `classifier`) by one with `n_out` outputs"
     name, lin = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
@@ -70,6 +67,7 @@ def _cache_file(name:str) -> Path:
     "Where torch hub keeps the ImageNet weights file of backbone `name`"
     return Path(torch.hub.get_dir())/'checkpoints'/Path(urlparse(_default_weights(name).url).path).name
 
+# %% ../nbs/04_model.ipynb #b04c0005
 @contextmanager
 def _socket_timeout(seconds:float):
     old = socket.getdefaulttimeout()
@@ -85,6 +83,18 @@ def _imagenet_model(name:str) -> nn.Module:
 # %% ../nbs/04_model.ipynb #976fa491
 _DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
+def _check_keys(own:dict, sd:dict, name:str, path):
+    "A `ValueError` naming the file when `sd` does not fit the `state_dict` `own` of backbone `name`."
+    missing = [k for k in own if k not in sd and not k.endswith('num_batches_tracked')]  # absent from older files
+    unexpected = [k for k in sd if k not in own]
+    bad_shape = [k for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or bad_shape:
+        details = '; '.join(f'{n} {kind} key(s), e.g. {ks[0]!r}' for kind, ks in
+                            [('missing', missing), ('unexpected', unexpected), ('wrongly shaped', bad_shape)]
+                            if (n := len(ks)))
+        raise ValueError(f"{path} does not match backbone {name!r} ({details}). Expected the state_dict of "
+                         f"torchvision's 3-channel {name}, e.g. the file {_default_weights(name).url}")
+
 def _load_weights_file(model:nn.Module, name:str, path) -> nn.Module:
     "Load the torchvision weights file `path` into the standard 3-channel `model` of backbone `name`"
     path = Path(path).expanduser()
@@ -96,16 +106,7 @@ def _load_weights_file(model:nn.Module, name:str, path) -> nn.Module:
     if isinstance(sd, dict) and isinstance(sd.get('state_dict'), dict): sd = sd['state_dict']
     if not isinstance(sd, dict): raise ValueError(f"{path} does not hold a state_dict (found {type(sd).__name__}).")
     sd = {(f'{m[1]}{m[2]}' if (m := _DENSENET_KEY.match(k)) else k): v for k, v in sd.items()}
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd and not k.endswith('num_batches_tracked')]  # absent from older files
-    unexpected = [k for k in sd if k not in own]
-    bad_shape = [k for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or bad_shape:
-        details = '; '.join(f'{n} {kind} key(s), e.g. {ks[0]!r}' for kind, ks in
-                            [('missing', missing), ('unexpected', unexpected), ('wrongly shaped', bad_shape)]
-                            if (n := len(ks)))
-        raise ValueError(f"{path} does not match backbone {name!r} ({details}). Expected the state_dict of "
-                         f"torchvision's 3-channel {name}, e.g. the file {_default_weights(name).url}")
+    _check_keys(model.state_dict(), sd, name, path)
     model.load_state_dict(sd)
     return model
 
@@ -123,6 +124,7 @@ def _missing_weights_help(name:str) -> str:
     return (f"To use them, put {f.name} (from {_default_weights(name).url}) in {f.parent}/ "
             f"or pass --model.weights PATH.")
 
+# %% ../nbs/04_model.ipynb #b04c0009
 def build_backbone(name:str='resnet18', # one of `BACKBONES`
                    pretrained:str|bool='auto', # 'auto', 'imagenet' or 'none' (True/False mean 'imagenet'/'none')
                    weights_path:str|Path|None=None, # local torchvision weights file; overrides `pretrained`
@@ -181,6 +183,15 @@ def _beta(alpha:float)->float:
     a = torch.tensor(float(alpha))
     return float(torch.distributions.Beta(a, a).sample())
 
+def _cut(x:torch.Tensor, perm:torch.Tensor, lam:float)->tuple:
+    "Cutmix's paste: a rectangle of area share `1-lam` from each partner image, its centre uniform, clipped at the border; (x, the share left)."
+    h, w = x.shape[-2:]
+    ch, cw = round(h * math.sqrt(1 - lam)), round(w * math.sqrt(1 - lam))
+    cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+    y0, y1, x0, x1 = max(cy - ch//2, 0), min(cy + ch - ch//2, h), max(cx - cw//2, 0), min(cx + cw - cw//2, w)
+    x = x.clone(); x[..., y0:y1, x0:x1] = x[perm, ..., y0:y1, x0:x1]
+    return x, 1 - (y1 - y0) * (x1 - x0) / (h * w)
+
 def mix_batch(x:torch.Tensor, # (B,C,H,W) images, on any device
               y:torch.Tensor, # (B,) float targets, on the same device
               mixup:float=0.0, # α of mixup's Beta(α, α); 0: off
@@ -192,13 +203,7 @@ def mix_batch(x:torch.Tensor, # (B,C,H,W) images, on any device
     cut = cutmix > 0 and (mixup <= 0 or bool(torch.rand(()) < 0.5))
     lam = _beta(cutmix if cut else mixup)
     perm = torch.randperm(n).to(y.device)   # drawn on the host: the same stream on every device
-    if cut:
-        h, w = x.shape[-2:]
-        ch, cw = round(h * math.sqrt(1 - lam)), round(w * math.sqrt(1 - lam))
-        cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
-        y0, y1, x0, x1 = max(cy - ch//2, 0), min(cy + ch - ch//2, h), max(cx - cw//2, 0), min(cx + cw - cw//2, w)
-        x = x.clone(); x[..., y0:y1, x0:x1] = x[perm, ..., y0:y1, x0:x1]
-        lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+    if cut: x, lam = _cut(x, perm, lam)
     else: x = lam * x + (1 - lam) * x[perm]
     return x, lam * y + (1 - lam) * y[perm], lam, perm
 
@@ -315,6 +320,7 @@ def _param_groups(model:nn.Module, weight_decay:float):
     return [{'params': [p for p in params if p.ndim > 1], 'weight_decay': weight_decay},
             {'params': [p for p in params if p.ndim <= 1], 'weight_decay': 0.}]
 
+# %% ../nbs/04_model.ipynb #b04c0012
 @patch
 def configure_optimizers(self:PneumoniaClassifier):
     hp = self.hparams
@@ -334,101 +340,3 @@ def configure_optimizers(self:PneumoniaClassifier):
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=total,
                                                     pct_start=min(max(warmup/total, 0.01), 0.99) if warmup else 0.3)
     return {'optimizer': opt, 'lr_scheduler': {'scheduler': sched, 'interval': 'step'}}
-
-# %% ../nbs/04_model.ipynb #19eea00c
-@patch
-def on_save_checkpoint(self:PneumoniaClassifier, checkpoint):
-    sd = checkpoint.get('state_dict', {})
-    for k in [k for k in sd if k.startswith('batch_transform.')]: del sd[k]
-    if self.contract is not None: write_contract(checkpoint, self.contract, self.run_config)
-
-@patch
-def on_load_checkpoint(self:PneumoniaClassifier, checkpoint):
-    if self.batch_transform is not None and 'state_dict' in checkpoint:
-        checkpoint['state_dict'].update({f'batch_transform.{k}': v for k, v in self.batch_transform.state_dict().items()})
-
-@patch(cls_method=True)
-def load_from_checkpoint(cls:PneumoniaClassifier, checkpoint_path, *args, **kwargs):
-    "Load a checkpoint; the backbone is built without pretrained weights since the checkpoint provides them"
-    kwargs.setdefault('pretrained', 'none'); kwargs.setdefault('weights_path', None)
-    return super(PneumoniaClassifier, cls).load_from_checkpoint(checkpoint_path, *args, **kwargs)
-
-# %% ../nbs/04_model.ipynb #d8073fd9
-def _unsafe_global(e:Exception)->str:
-    "The object a weights-only load refused, from torch's message."
-    m = re.search(r'Unsupported global: GLOBAL (\S+)', str(e)) or re.search(r'(Unsupported[^\n]*)', str(e))
-    return m.group(1) if m else 'objects that need full unpickling'
-
-def load_checkpoint(path, # a checkpoint written by `train`
-                    trusted:bool=False, # allow full unpickling (only for files from a source you trust)
-                   )->dict:
-    "The checkpoint's dictionary, read with `weights_only=True` unless `trusted`."
-    path = Path(path)
-    if not path.is_file(): raise CheckpointError(path, 'no such file' if not path.exists() else 'not a file')
-    if not zipfile.is_zipfile(path): raise CheckpointError(path, 'not a readable checkpoint (not a file written by torch.save)')
-    try: return torch.load(path, map_location='cpu', weights_only=not trusted)
-    except pickle.UnpicklingError as e:
-        if trusted: raise CheckpointError(path, f'not a readable checkpoint ({str(e).splitlines()[0]})') from None
-        raise CheckpointError(path, 'holds objects beyond tensors and plain containers, so reading it would run code '
-                              f'from the file ({_unsafe_global(e)}). Load it only if you trust its source '
-                              '(trusted=True, or --trust_checkpoint on the command line).') from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(path, f'not a readable checkpoint, the file may be truncated or not a PyTorch file ({type(e).__name__}: {e})') from None
-
-# %% ../nbs/04_model.ipynb #54aa7b9f
-def check_weights(checkpoint:dict, # a loaded checkpoint with `state_dict` and the contract's record
-                  path='checkpoint', # its file, named in errors
-                 ):
-    "Refuse weights that are not finite, or that differ from the digest `write_contract` stored when the file was saved."
-    sd = checkpoint['state_dict']
-    bad = [k for k, v in sd.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad: raise CheckpointError(path, f'{len(bad)} weight tensor(s) hold NaN or infinite values (e.g. {bad[0]}): the training diverged or the file was altered')
-    want = (checkpoint.get(_CONTRACT_KEY) or {}).get('weights_sha256')
-    if want is None:
-        warnings.warn(f'{path}: no digest of the weights is stored (written by an older pneumonia_nb), so its integrity cannot be checked', UserWarning, stacklevel=3)
-    elif weights_digest(sd) != want:
-        raise CheckpointError(path, 'its weights differ from the digest stored when it was saved: the file was damaged or altered '
-                                    'after it was written; use another copy, or retrain')
-
-# %% ../nbs/04_model.ipynb #6a4a4d99
-def load_classifier(path, # a checkpoint written by `train`
-                    backbone:str|None=None, # expected backbone; None accepts the checkpoint's
-                    trusted:bool=False, # see `load_checkpoint`
-                    map_location='cpu', # device of the returned model: 'cpu', 'cuda', ..., or 'auto' (CUDA when available)
-                   )->tuple: # (model, contract); the run's configuration is `model.run_config`
-    "`(model, contract)`: the `PneumoniaClassifier` in eval mode and the checkpoint's `Contract`."
-    device = resolve_device(map_location)   # a device that is not there fails before any work
-    ckpt = load_checkpoint(path, trusted)
-    if not isinstance(ckpt, dict) or 'state_dict' not in ckpt or 'hyper_parameters' not in ckpt:
-        raise CheckpointError(path, 'not a Lightning checkpoint of a PneumoniaClassifier (no state_dict or hyper_parameters)')
-    contract, config = read_contract(ckpt, path)
-    hp = dict(ckpt['hyper_parameters'])
-    name = hp.get('backbone')
-    if name not in BACKBONES: raise CheckpointError(path, f'unknown backbone {name!r}; known: {", ".join(BACKBONES)}')
-    if backbone is not None and backbone != name:
-        raise CheckpointError(path, f'holds a {name} model, not a {backbone}')
-    hp.update(pretrained='none', weights_path=None, compile=False)
-    model = PneumoniaClassifier(**hp)
-    try: model.load_state_dict(ckpt['state_dict'])
-    except RuntimeError as e:
-        detail = str(e).split('\n\t')[1].strip() if '\n\t' in str(e) else str(e)
-        raise CheckpointError(path, f'its weights do not fit a {name} (written for another backbone, or altered): {detail[:300]}') from None
-    check_weights(ckpt, path)
-    model.contract, model.run_config = contract, config
-    return model.to(device).eval(), contract
-
-# %% ../nbs/04_model.ipynb #8bd5973d
-def save_classifier(model:PneumoniaClassifier, # with `contract` (and `run_config`) set
-                    path, # the file to write
-                    source=None, # a checkpoint file the model came from: refused as `path`, which must be a new file
-                    extra:dict|None=None, # more entries for the checkpoint (e.g. epoch, global_step)
-                   )->Path:
-    "Write the model's weights, hyperparameters, contract and configuration to `path`, atomically."
-    path = Path(path)
-    if source is not None and path.exists() and path.resolve() == Path(source).resolve():
-        raise CheckpointError(path, 'will not overwrite the checkpoint that is being read; write to a new file')
-    if model.contract is None: raise CheckpointError(path, 'the model has no contract to save (it was not trained or loaded by pneumonia_nb)')
-    sd = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith('batch_transform.')}
-    ckpt = write_contract(dict(extra or {}, state_dict=sd, hyper_parameters=dict(model.hparams), **{'pytorch-lightning_version': pl.__version__}),
-                          model.contract, model.run_config)
-    return atomic_write(path, write=lambda tmp: torch.save(ckpt, tmp))

@@ -19,12 +19,14 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision, binary_precision_at_fixed_recall
 from torchvision.utils import make_grid
 
-from .config import CheckpointError, Contract, PneumoniaError, RunConfig, ThresholdRecord, _interactive
-from .config import atomic_write, encode_patients, output_lock, read_contract, resolve_device, save_config, weights_digest
+from .config import CheckpointError, PneumoniaError, RunConfig, ThresholdRecord, _interactive
+from .config import atomic_write, output_lock, resolve_device, save_config
 from .cache import load_manifest, load_stats
 from .dataset import PneumoniaDataModule, load_images
-from .model import PneumoniaClassifier, check_weights, load_checkpoint, load_classifier, save_classifier
-from .evaluation import ENSEMBLE_FILE, predict_images, threshold_metrics, threshold_record, write_ensemble
+from .model import PneumoniaClassifier
+from .checkpoints import ENSEMBLE_FILE, Contract, check_weights, encode_patients, load_checkpoint, load_classifier
+from .checkpoints import predict_images, read_contract, save_classifier, weights_digest, write_ensemble
+from .evaluation import threshold_metrics, threshold_record
 
 # %% auto #0
 __all__ = ['resolve_precision', 'TrainingDiverged', 'AugmentedImages', 'TrainResult', 'train', 'pooled_metrics', 'predict_rows',

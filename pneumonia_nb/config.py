@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_config.ipynb #0b77cd7e
 from __future__ import annotations
-import dataclasses, datetime, errno, importlib, math, os, sys, tempfile, types, warnings
+import dataclasses, errno, importlib, math, os, sys, tempfile, types
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
@@ -15,9 +15,9 @@ __all__ = ['DISK_FULL', 'LOCK_FILE', 'Backbone', 'Split', 'Optimizer', 'Schedule
            'BACKBONES', 'SPLITS', 'OPTIMIZERS', 'SCHEDULERS', 'LOSSES', 'THRESHOLD_METHODS', 'EXPORT_FORMATS',
            'RECIPES', 'PneumoniaError', 'ConfigError', 'CheckpointError', 'atomic_write', 'disk_full_message',
            'safe_csv_value', 'unescape_csv_value', 'write_csv', 'output_lock', 'refuse_inputs', 'resolve_device',
-           'normalise', 'progress_bar', 'DemoConfig', 'PreprocessConfig', 'ModelConfig', 'OptimConfig', 'AugmentConfig',
-           'HardwareConfig', 'FitConfig', 'EvaluateConfig', 'RunConfig', 'recipe', 'config_from_dict', 'save_config',
-           'load_config', 'yaml_problem', 'ThresholdRecord']
+           'normalise', 'is_interactive', 'progress_bar', 'DemoConfig', 'PreprocessConfig', 'ModelConfig',
+           'OptimConfig', 'AugmentConfig', 'HardwareConfig', 'FitConfig', 'EvaluateConfig', 'RunConfig', 'recipe',
+           'config_from_dict', 'save_config', 'load_config', 'yaml_problem', 'ThresholdRecord']
 
 # %% ../nbs/00_config.ipynb #0086be49
 import numpy as np
@@ -147,8 +147,9 @@ def normalise(images, # uint8 pixel values: a torch tensor or a numpy array
     return (x - 255 * mean) / (255 * std)
 
 # %% ../nbs/00_config.ipynb #3cdfb9f1
-def _interactive(stream)->bool:
-    "A terminal, or a notebook's own output (a Jupyter kernel's standard error or output)."
+def is_interactive(stream, # an output stream, e.g. `sys.stderr`
+                  )->bool:
+    "Whether a person watches `stream`: a terminal, or a notebook's own output (a Jupyter kernel's standard error or output)."
     return stream.isatty() or type(stream).__module__.startswith('ipykernel')
 
 class _Lines:
@@ -165,7 +166,7 @@ def progress_bar(iterable=None, # what to iterate over (or None, then `update` i
                 ):
     "A tqdm bar in a terminal or notebook; elsewhere a line every ten seconds."
     stream = stream or sys.stderr
-    if not _interactive(stream): kwargs = dict(kwargs, file=_Lines(stream), mininterval=10, ascii=True, ncols=100)
+    if not is_interactive(stream): kwargs = dict(kwargs, file=_Lines(stream), mininterval=10, ascii=True, ncols=100)
     return _tqdm(iterable, **kwargs)
 
 # %% ../nbs/00_config.ipynb #d0f51c8b

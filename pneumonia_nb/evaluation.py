@@ -5,16 +5,15 @@
 # %% ../nbs/06_evaluation.ipynb #71caa9dc
 from __future__ import annotations
 import dataclasses, datetime, json, math, os, warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import matplotlib
 import matplotlib.pyplot as plt
 from matplotlib.patches import Rectangle
-from scipy.stats import bootstrap, rankdata
-from .config import PneumoniaError, ThresholdRecord, atomic_write, output_lock, refuse_inputs
+from scipy.stats import bootstrap
+from .config import EvaluateConfig, PneumoniaError, ThresholdRecord, atomic_write, output_lock, refuse_inputs
 from .config import CheckpointError, write_csv
 from .cache import load_manifest
 from .dataset import load_images
@@ -23,167 +22,22 @@ from .checkpoints import loaded_model, model_input, predict_images, predict_spli
 from .checkpoints import weights_digest, write_ensemble
 
 # %% auto #0
-__all__ = ['METRICS', 'THRESHOLD_METHODS', 'AGE_BANDS', 'confusion', 'threshold_metrics', 'auroc', 'average_precision',
-           'brier_score', 'expected_calibration_error', 'all_metrics', 'metric_table', 'choose_threshold',
-           'threshold_record', 'calibrate_threshold', 'roc_points', 'pr_points', 'plot_curves', 'plot_reliability',
-           'plot_confusion', 'plot_scores', 'subgroup_table', 'cam_layer', 'grad_cam', 'box_mask', 'centre_prior',
-           'box_prior', 'localization_scores', 'localization_summary', 'cam_gallery', 'EvaluationResult', 'evaluate']
+__all__ = ['AGE_BANDS', 'calibrate_threshold', 'plot_curves', 'plot_reliability', 'plot_confusion', 'plot_scores',
+           'subgroup_table', 'cam_layer', 'grad_cam', 'box_mask', 'centre_prior', 'box_prior', 'localization_scores',
+           'localization_summary', 'cam_gallery', 'EvaluationResult', 'evaluate']
 
 # %% ../nbs/06_evaluation.ipynb #8a1ad1f8
 from .config import progress_bar
 
-# %% ../nbs/06_evaluation.ipynb #f11573df
-def _as_arrays(y, p)->tuple:
-    y, p = np.asarray(y).astype(int).ravel(), np.asarray(p, dtype=float).ravel()
-    if y.shape != p.shape: raise ValueError(f'{len(y)} labels but {len(p)} probabilities')
-    return y, p
-
-def confusion(y, # 0/1 labels
-              p, # probabilities (or any score)
-              threshold:float, # positive when p >= threshold
-             )->dict:
-    "The confusion matrix counts `tp`, `fp`, `tn`, `fn`."
-    y, p = _as_arrays(y, p)
-    pred = p >= threshold
-    return dict(tp=int((pred & (y == 1)).sum()), fp=int((pred & (y == 0)).sum()),
-                tn=int((~pred & (y == 0)).sum()), fn=int((~pred & (y == 1)).sum()))
-
-def _div(a, b)->float: return a / b if b else float('nan')
-
-def threshold_metrics(y, p, threshold:float)->dict:
-    "Accuracy, precision (PPV), recall (sensitivity), specificity, NPV, F1 and balanced accuracy at `threshold`."
-    c = confusion(y, p, threshold); tp, fp, tn, fn = c['tp'], c['fp'], c['tn'], c['fn']
-    sens, spec = _div(tp, tp + fn), _div(tn, tn + fp)
-    return dict(accuracy=_div(tp + tn, tp + fp + tn + fn), precision=_div(tp, tp + fp), recall=sens,
-                specificity=spec, npv=_div(tn, tn + fn), f1=_div(2 * tp, 2 * tp + fp + fn),
-                balanced_accuracy=(sens + spec) / 2)
-
-# %% ../nbs/06_evaluation.ipynb #028cefdd
-def auroc(y, p)->float:
-    "Area under the ROC curve (Mann–Whitney U / (P·N), ties count half); nan with one class only."
-    y, p = _as_arrays(y, p)
-    npos, nneg = int(y.sum()), int((1 - y).sum())
-    if not npos or not nneg: return float('nan')
-    r = rankdata(p)
-    return float((r[y == 1].sum() - npos * (npos + 1) / 2) / (npos * nneg))
-
-def _counts_by_score(y:np.ndarray, p:np.ndarray)->tuple:
-    "True and false positives when the threshold is each distinct score in turn, from the highest down."
-    order = np.argsort(-p, kind='stable'); ys, ps = y[order], p[order]
-    last = np.r_[np.flatnonzero(np.diff(ps)), len(ps) - 1]   # last index of each distinct score
-    return np.cumsum(ys)[last], np.cumsum(1 - ys)[last]
-
-def average_precision(y, p)->float:
-    "Average precision: sum over score thresholds of (recall step) × precision; nan without positives."
-    y, p = _as_arrays(y, p)
-    if not y.sum(): return float('nan')
-    tp, fp = _counts_by_score(y, p)
-    return float(np.sum(np.diff(np.r_[0, tp / y.sum()]) * tp / (tp + fp)))
-
-def brier_score(y, p)->float:
-    "Mean squared difference between probability and outcome."
-    y, p = _as_arrays(y, p); return float(np.mean((p - y) ** 2))
-
-def expected_calibration_error(y, p, bins:int=10)->float:
-    "Bin-weighted |mean probability − observed frequency| over `bins` equal-width bins [k/bins, (k+1)/bins) (1 in the last)."
-    y, p = _as_arrays(y, p)
-    b = np.clip((p * bins).astype(int), 0, bins - 1)
-    gap = np.abs(np.bincount(b, p, bins) - np.bincount(b, y, bins))   # per bin: n × |mean p − mean y|
-    return float(gap.sum() / max(len(y), 1))
-
-# %% ../nbs/06_evaluation.ipynb #c05c1589
-METRICS = ('auroc', 'average_precision', 'accuracy', 'precision', 'recall', 'specificity', 'npv', 'f1',
-           'balanced_accuracy', 'brier', 'ece')
-
-def all_metrics(y, p, threshold:float)->dict:
-    "Every metric of `METRICS` for labels `y` and probabilities `p` at `threshold`."
-    m = threshold_metrics(y, p, threshold)
-    m.update(auroc=auroc(y, p), average_precision=average_precision(y, p), brier=brier_score(y, p),
-             ece=expected_calibration_error(y, p))
-    return {k: m[k] for k in METRICS}
-
-def metric_table(y, # 0/1 labels
-                 p, # probabilities
-                 threshold:float, # operating threshold (chosen elsewhere)
-                 n_resamples:int=2000, # bootstrap resamples; 0 for point estimates only
-                 confidence:float=0.95, # confidence level of the intervals
-                 seed:int=0, # seed of the resampling
-                )->pd.DataFrame:
-    "Each metric with its percentile-bootstrap confidence interval: columns `value`, `low`, `high`."
-    y, p = _as_arrays(y, p)
-    t = pd.DataFrame({'value': all_metrics(y, p, threshold)})
-    t['low'] = t['high'] = np.nan
-    if n_resamples and len(y) > 1:
-        stat = lambda yy, pp: np.array(list(all_metrics(yy, pp, threshold).values()))
-        with warnings.catch_warnings(), np.errstate(invalid='ignore'):
-            warnings.simplefilter('ignore')   # scipy warns about degenerate (nan) bootstrap distributions
-            ci = bootstrap((y, p), stat, paired=True, vectorized=False, n_resamples=n_resamples, method='percentile',
-                           confidence_level=confidence, random_state=np.random.default_rng(seed)).confidence_interval
-        t['low'], t['high'] = ci.low, ci.high
-    t['note'] = [_why_no_interval(r, n_resamples, y) for r in t.itertuples()]
-    t.index.name = 'metric'
-    return t
-
-def _why_no_interval(r, n_resamples:int, y:np.ndarray)->str:
-    "Why a metric has no value or no interval ('' when it has both)."
-    if math.isnan(r.value): return 'undefined here: no patients (or no predictions) of the class it divides by'
-    if not n_resamples: return 'no CI: no bootstrap asked for'
-    if math.isnan(r.low) or math.isnan(r.high):
-        return f'no CI: resamples lack a class ({int(y.sum())} of {len(y)} positive)'
-    return ''
-
-def _ci_text(r)->str:
-    "A metric as 'value (low–high)', or with the reason it has no interval."
-    if math.isnan(r.value): return 'n/a (' + r.note.split(': ', 1)[-1] + ')'
-    if r.note: return f'{r.value:.3f} ({r.note})'
-    return f'{r.value:.3f} ({r.low:.3f}–{r.high:.3f})'
-
-# %% ../nbs/06_evaluation.ipynb #788a380b
-THRESHOLD_METHODS = ('sensitivity', 'youden', 'f1', 'fixed')
-
-def choose_threshold(y, # validation labels
-                     p, # validation probabilities
-                     method:str='sensitivity', # one of `THRESHOLD_METHODS`
-                     target:float=0.835, # sensitivity to reach ('sensitivity') or the threshold itself ('fixed')
-                    )->float:
-    "The operating threshold chosen on (y, p) by `method`."
-    if method not in THRESHOLD_METHODS: raise ValueError(f'method must be one of {THRESHOLD_METHODS}, not {method!r}')
-    if method == 'fixed': return float(target)
-    y, p = _as_arrays(y, p)
-    if not y.sum() or y.sum() == len(y): raise ValueError(f"choosing a threshold by {method!r} needs both classes; got {int(y.sum())} positives of {len(y)}")
-    if method == 'sensitivity':
-        if not 0 < target <= 1: raise ValueError(f'target sensitivity must be in (0, 1], not {target}')
-        pos = np.sort(p[y == 1])[::-1]
-        return float(pos[math.ceil(target * len(pos) - 1e-9) - 1])   # the k-th highest positive score, k = ⌈target·P⌉
-    cands = np.unique(p)
-    best, best_t = -np.inf, float(cands[-1])
-    for t in cands:
-        m = threshold_metrics(y, p, t)
-        score = m['recall'] + m['specificity'] - 1 if method == 'youden' else (0 if math.isnan(m['f1']) else m['f1'])
-        if score > best: best, best_t = score, float(t)
-    return best_t
-
-# %% ../nbs/06_evaluation.ipynb #41a88314
-def threshold_record(y, # labels of the patients the threshold is chosen on
-                     p, # their probabilities
-                     method:str='sensitivity', # see `choose_threshold`
-                     target:float=0.835, # target sensitivity, or the threshold of 'fixed'
-                     split:str='val', # what (y, p) are: 'val', 'oof' (pooled out-of-fold predictions), ...
-                     by:str='evaluate', # what chose it ('train', 'cross_validate', 'evaluate')
-                    )->ThresholdRecord:
-    "The threshold `choose_threshold` picks on (y, p), with how, where and by what it was chosen, and its metrics there."
-    y, p = _as_arrays(y, p)
-    value = choose_threshold(y, p, method, target)
-    at = threshold_metrics(y, p, value) if len(y) else {}
-    return ThresholdRecord(float(value), method, target if method in ('sensitivity', 'fixed') else None, split=split, n=len(y),
-                           positives=int(y.sum()), chosen=datetime.datetime.now().isoformat(timespec='seconds'), by=by,
-                           metrics={k: float(at[k]) for k in ('recall', 'specificity', 'precision') if k in at})
+# %% ../nbs/06_evaluation.ipynb #fc3cd0f8
+from .metrics import as_arrays, auroc, average_precision, brier_score, calibration_bins, ci_text, confusion
+from .metrics import expected_calibration_error, metric_table, pr_points, roc_points, threshold_metrics, threshold_record
 
 # %% ../nbs/06_evaluation.ipynb #2dabe95f
 def calibrate_threshold(checkpoint, # a checkpoint written by `train`, an ensemble (see `load_model`), or a loaded `(model, contract)`
                         cache, # the cache the checkpoint was trained on
-                        method:str='sensitivity', # see `choose_threshold`
-                        target:float=0.835, # target sensitivity, or the threshold for 'fixed'
+                        method:str=EvaluateConfig.threshold_method, # see `choose_threshold`
+                        target:float=EvaluateConfig.target, # target sensitivity, or the threshold for 'fixed'
                         split:str='val', # the split to choose on (never the test split)
                         trusted:bool=False, device:str='auto', progress:bool=False,
                        )->ThresholdRecord:
@@ -204,17 +58,6 @@ def _refuse_trained_on(contract:EnsembleContract, rows:pd.DataFrame, split:str, 
                                "(method='fixed', --rechoose --evaluate.threshold_method fixed)")
 
 # %% ../nbs/06_evaluation.ipynb #9dc87e54
-def roc_points(y, p)->tuple:
-    "False and true positive rates of every threshold, from the highest score down (starting at (0, 0))."
-    tp, fp = _counts_by_score(*_as_arrays(y, p))
-    return np.r_[0, fp / max(fp[-1], 1)], np.r_[0, tp / max(tp[-1], 1)]
-
-def pr_points(y, p)->tuple:
-    "Recall and precision of every threshold, from the highest score down."
-    y, p = _as_arrays(y, p)
-    tp, fp = _counts_by_score(y, p)
-    return tp / max(y.sum(), 1), tp / (tp + fp)
-
 def _mark(ax, x, y, label, style):
     ax.plot([x], [y], style, ms=9, label=label, zorder=5)
 
@@ -237,10 +80,8 @@ def plot_curves(y, p, threshold:float)->plt.Figure:
 
 def plot_reliability(y, p, bins:int=10)->plt.Figure:
     "Reliability diagram: observed frequency against mean probability per bin, with the bins' counts below."
-    y, p = _as_arrays(y, p)
-    b = np.clip((p * bins).astype(int), 0, bins - 1)
-    n = np.bincount(b, minlength=bins); ok = n > 0
-    mp, fy = np.bincount(b, p, bins)[ok] / n[ok], np.bincount(b, y, bins)[ok] / n[ok]
+    n, mp, fy = calibration_bins(y, p, bins); ok = n > 0
+    mp, fy = mp[ok], fy[ok]
     fig, (a, c) = plt.subplots(2, 1, figsize=(5, 5.6), gridspec_kw=dict(height_ratios=[3, 1]), sharex=True)
     a.plot([0, 1], [0, 1], ':', c='grey', label='perfect calibration')
     a.plot(mp, fy, 'o-', label=f'model (ECE {expected_calibration_error(y, p, bins):.3f}, Brier {brier_score(y, p):.3f})')
@@ -261,7 +102,7 @@ def plot_confusion(y, p, threshold:float)->plt.Figure:
 
 def plot_scores(y, p, threshold:float)->plt.Figure:
     "Histogram of the predicted probability of each class, with the threshold."
-    y, p = _as_arrays(y, p)
+    y, p = as_arrays(y, p)
     fig, ax = plt.subplots(figsize=(6, 3.6)); bins = np.linspace(0, 1, 26)
     ax.hist(p[y == 0], bins, alpha=.6, label=f'no pneumonia (n={int((y == 0).sum())})', density=True)
     ax.hist(p[y == 1], bins, alpha=.6, label=f'pneumonia (n={int(y.sum())})', density=True)
@@ -408,6 +249,7 @@ def _save_fig(fig:plt.Figure, path:Path):
     try: atomic_write(path, write=lambda tmp: fig.savefig(tmp, format='png', dpi=110))
     finally: plt.close(fig)
 
+# %% ../nbs/06_evaluation.ipynb #fd8ad156
 def _cams(model, images:np.ndarray, contract:dict, batch_size:int=32, progress:bool=False)->np.ndarray:
     if isinstance(model, Ensemble):   # the mean of the members' maps, each member reading the images its own way
         maps = np.mean([_cams(m, images, c, batch_size, progress) for m, c in zip(model.models, contract.members)], 0)
@@ -416,6 +258,7 @@ def _cams(model, images:np.ndarray, contract:dict, batch_size:int=32, progress:b
            for i in progress_bar(range(0, len(images), batch_size), desc='grad-cam', disable=not progress)]
     return np.concatenate(out) if out else np.zeros((0, *images.shape[1:]), np.float32)
 
+# %% ../nbs/06_evaluation.ipynb #152c9162
 @dataclass
 class EvaluationResult:
     "What `evaluate` measured and wrote."
@@ -430,7 +273,7 @@ class EvaluationResult:
     note: str|None = None # how to read the numbers, when they are not a plain held-out report
     def summary(self)->str:
         n, pos = len(self.predictions), int(self.predictions.Target.sum())
-        rows = [f'  {k:18} {_ci_text(r)}' for k, r in zip(self.metrics.index, self.metrics.itertuples())]
+        rows = [f'  {k:18} {ci_text(r)}' for k, r in zip(self.metrics.index, self.metrics.itertuples())]
         s = ([f'NOTE: {self.note}'] if self.note else []) + [f"{'validation' if self.split == 'original' else self.split} split: {n} patients, {pos} with pneumonia",
              ("threshold 0.5 (the original example's protocol)" if self.split == 'original' else
               f"operating threshold {self.threshold['value']:.4f} ({self.threshold['method']}"
@@ -446,10 +289,10 @@ class EvaluationResult:
 _ORIGINAL = ("the original example's protocol: its validation split at the fixed threshold 0.5. These patients chose the "
              "checkpoint, so the numbers are optimistic, as the original's were; they are comparable with its table")
 
-def _threshold_for(model, contract, cache, method, target, progress)->ThresholdRecord:
+def _operating_threshold(model, contract, cache, method, target, progress)->ThresholdRecord:
     "The stored threshold, or (when `method` is given, or none is stored) one chosen anew: on the validation split of `cache`, or for an ensemble whose file lists its out-of-fold predictions, on those."
     if method is None and contract.threshold is not None: return contract.threshold
-    method = method or 'sensitivity'
+    method = method or EvaluateConfig.threshold_method
     if isinstance(contract, EnsembleContract) and contract.oof is not None and method != 'fixed': return _oof_threshold(contract, method, target)
     return calibrate_threshold((model, contract), cache, method, target, progress=progress)
 
@@ -463,6 +306,7 @@ def _oof_threshold(contract:EnsembleContract, method:str, target:float)->Thresho
     try: return threshold_record(oof.Target, oof.probability, method, target, split='oof')
     except ValueError as e: raise PneumoniaError(f, str(e)) from None
 
+# %% ../nbs/06_evaluation.ipynb #43b1e2e5
 def _check_unseen(contract, rows:pd.DataFrame, split:str, cache, allow_seen:bool)->int:
     "The number of `rows` the model trained on or chose its threshold on; an error if there are any and not `allow_seen`."
     seen = int(contract.seen(rows.patientId).sum())
@@ -472,12 +316,13 @@ def _check_unseen(contract, rows:pd.DataFrame, split:str, cache, allow_seen:bool
                              "separate dataset), or pass allow_seen=True (--allow_seen) to report on them anyway, labelled as such")
     return seen
 
+# %% ../nbs/06_evaluation.ipynb #6d796e8b
 def evaluate(checkpoint, # a checkpoint written by `train`, an ensemble (several checkpoints, an ensemble file or a cross-validation folder: see `load_model`), or a loaded `(model, contract)`
              cache, # a cache at the checkpoint's size (the training cache, or a separate dataset's)
              out, # folder for metrics.json, predictions.csv, the PNGs and report.md
              split:str|None=None, # 'test' (held out), 'all' (a separate dataset), 'original' (the original example's protocol: its validation split at 0.5); None: 'test', or 'original' when the cache has no test split
              method:str|None=None, # None: the stored threshold; else choose anew on the validation split (see `choose_threshold`)
-             target:float=0.835, # target sensitivity, or the threshold of method='fixed'
+             target:float=EvaluateConfig.target, # target sensitivity, or the threshold of method='fixed'
              n_resamples:int=2000, # bootstrap resamples of the confidence intervals
              cam:bool=True, # Grad-CAM localization and gallery
              gallery:int=4, # images of each kind (TP, FP, FN) in the gallery
@@ -490,74 +335,92 @@ def evaluate(checkpoint, # a checkpoint written by `train`, an ensemble (several
     written = [out/f for f in _OUTPUTS] + ([] if save_checkpoint is None else [save_checkpoint])
     refuse_inputs(written, checkpoint_files(checkpoint) + [cache/f for f in ('manifest.csv', 'stats.json', 'report.json')], 'report file')
     with output_lock(out, 'another evaluate run'):
-        return _evaluate(checkpoint, cache, out, split, method, target, n_resamples, cam, gallery, batch_size, device, trusted, progress,
-                         seed, allow_seen, save_checkpoint)
+        return _evaluate(checkpoint, cache, out, _Options(split=split, method=method, target=target, n_resamples=n_resamples, cam=cam,
+                         gallery=gallery, batch_size=batch_size, device=device, trusted=trusted, progress=progress, seed=seed,
+                         allow_seen=allow_seen, save_checkpoint=save_checkpoint))
+
+# %% ../nbs/06_evaluation.ipynb #6920feb8
+@dataclass
+class _Options:
+    "What `evaluate` was asked for, as one value its steps share (see `evaluate` for each)."
+    split:str|None; method:str|None; target:float; n_resamples:int; cam:bool; gallery:int; batch_size:int
+    device:str; trusted:bool; progress:bool; seed:int; allow_seen:bool; save_checkpoint:object
 
 _OUTPUTS = ('metrics.json', 'predictions.csv', 'report.md', 'curves.png', 'reliability.png', 'confusion.png', 'scores.png', 'cam_gallery.png')
 
-def _evaluate(checkpoint, cache, out, split, method, target, n_resamples, cam, gallery, batch_size, device, trusted, progress,
-              seed, allow_seen, save_checkpoint)->EvaluationResult:
-    model, contract, ckpt_path = loaded_model(checkpoint, trusted, device)
-    check_cache_size(cache, contract)
-    m = load_manifest(cache)
-    if split is None: split = 'test' if (m.split == 'test').any() else 'original'
+# %% ../nbs/06_evaluation.ipynb #0834384d
+def _keep_threshold(model, contract, ckpt_path, thr:ThresholdRecord, path):
+    "Write the model with a newly chosen threshold to `path`: a checkpoint, or for an ensemble an ensemble file."
+    if isinstance(contract, EnsembleContract):   # an ensemble's checkpoint is its ensemble file
+        write_ensemble(path, contract.files, thr, n=thr.n, oof=contract.oof, by='evaluate', digests=[weights_digest(mm.state_dict()) for mm in model.models])
+    else:
+        model.contract = dataclasses.replace(contract, threshold=thr)
+        save_classifier(model, path, source=ckpt_path)
+
+def _rows_and_threshold(model, contract, ckpt_path, cache:Path, m:pd.DataFrame, split:str, o:_Options)->tuple:
+    "(the rows to report on, how many of them the model has seen, the operating threshold) of `split`."
     if split == 'original':
         rows = split_rows(cache, 'val', m)
-        thr_info = ThresholdRecord(0.5, 'fixed', 0.5, split='none (fixed)', by='the original protocol')
-        seen = int(contract.seen(rows.patientId).sum())
-    else:
-        rows = split_rows(cache, split, m)   # fail early, before choosing a threshold
-        seen = _check_unseen(contract, rows, split, cache, allow_seen)
-        thr_info = _threshold_for(model, contract, cache, method, target, progress)
-        if thr_info is not contract.threshold and save_checkpoint is not None:
-            if isinstance(contract, EnsembleContract):   # an ensemble's checkpoint is its ensemble file
-                write_ensemble(save_checkpoint, contract.files, thr_info, n=thr_info.n, oof=contract.oof, by='evaluate',
-                               digests=[weights_digest(mm.state_dict()) for mm in model.models])
-            else:
-                model.contract = dataclasses.replace(contract, threshold=thr_info)
-                save_classifier(model, save_checkpoint, source=ckpt_path)
-    thr_info = dataclasses.asdict(thr_info)
-    thr = float(thr_info['value'])
-    images = load_images(rows, progress=progress)
-    pred = rows.assign(probability=predict_images(model, images, contract, batch_size, progress))
+        return rows, int(contract.seen(rows.patientId).sum()), ThresholdRecord(0.5, 'fixed', 0.5, split='none (fixed)', by='the original protocol')
+    rows = split_rows(cache, split, m)   # fail early, before choosing a threshold
+    seen = _check_unseen(contract, rows, split, cache, o.allow_seen)
+    thr = _operating_threshold(model, contract, cache, o.method, o.target, o.progress)
+    if thr is not contract.threshold and o.save_checkpoint is not None: _keep_threshold(model, contract, ckpt_path, thr, o.save_checkpoint)
+    return rows, seen, thr
+
+# %% ../nbs/06_evaluation.ipynb #99409fa5
+def _where_it_looks(model, contract, images:np.ndarray, pred:pd.DataFrame, m:pd.DataFrame, split:str, thr:float, o:_Options, figs:dict)->tuple:
+    "(localization summary, gallery counts) of the positives with boxes, or (None, None) without any; the gallery goes into `figs`."
+    pos = np.flatnonzero((pred.Target.to_numpy() == 1) & np.array([len(b) > 0 for b in pred.boxes]))
+    if not o.cam or not len(pos): return None, None
+    maps = _cams(model, images[pos], contract, progress=o.progress)
+    boxes = list(pred.boxes.iloc[pos]); size = images.shape[-1]
+    train_pos = m[(m.split == 'train') & (m.Target == 1)]
+    scores = {'Grad-CAM': localization_scores(maps, boxes), 'centre prior': localization_scores(centre_prior(size), boxes)}
+    if len(train_pos) and split not in ('all', 'original'): scores['box prior (training boxes)'] = localization_scores(box_prior(train_pos.boxes, size), boxes)
+    picks = _gallery_picks(pred, thr, o.gallery)
+    if picks:
+        idx = [i for _, i in picks]
+        figs['cam_gallery.png'] = cam_gallery(images[idx], _cams(model, images[idx], contract), list(pred.boxes.iloc[idx]),
+                                              [f'{k}  p={pred.probability.iloc[i]:.2f}\n{pred.patientId.iloc[i][:13]}' for k, i in picks])
+    return localization_summary(scores, o.n_resamples), {k: sum(kind == short for kind, _ in picks) for k, short in
+                                                         (('true positives', 'TP'), ('false positives', 'FP'), ('false negatives', 'FN'))}
+
+# %% ../nbs/06_evaluation.ipynb #e3554804
+def _record(res:EvaluationResult, cache:Path, ckpt_path, contract, seen:int, o:_Options, gallery:dict|None, files:list)->dict:
+    "What metrics.json holds: the model, the data, the threshold and every table of `res`."
+    y, p, thr = res.predictions.Target.to_numpy(), res.predictions.probability.to_numpy(), res.threshold['value']
+    rel = lambda f: os.path.relpath(Path(f).resolve(), res.out.resolve())
+    return dict(checkpoint=None if ckpt_path is None else rel(ckpt_path),
+                members=[rel(f) for f in contract.files] if isinstance(contract, EnsembleContract) else None,
+                cache=rel(cache), split=res.split, n=len(y), seen=seen, note=res.note,
+                positives=int(y.sum()), threshold=res.threshold, confusion=confusion(y, p, thr), n_resamples=o.n_resamples, confidence=0.95,
+                metrics=res.metrics.to_dict('index'), metrics_at_0_5=res.metrics_at_half.to_dict('index'), subgroups=res.subgroups.to_dict('records'),
+                localization=None if res.localization is None else res.localization.to_dict('records'), gallery=gallery,
+                date=datetime.datetime.now().isoformat(timespec='seconds'), files=files)
+
+# %% ../nbs/06_evaluation.ipynb #f1c49812
+def _evaluate(checkpoint, cache:Path, out:Path, o:_Options)->EvaluationResult:
+    model, contract, ckpt_path = loaded_model(checkpoint, o.trusted, o.device)
+    check_cache_size(cache, contract)
+    m = load_manifest(cache)
+    split = o.split or ('test' if (m.split == 'test').any() else 'original')
+    rows, seen, thr_rec = _rows_and_threshold(model, contract, ckpt_path, cache, m, split, o)
+    thr = float(thr_rec.value)
+    images = load_images(rows, progress=o.progress)
+    pred = rows.assign(probability=predict_images(model, images, contract, o.batch_size, o.progress))
     pred['prediction'] = (pred.probability >= thr).astype(int)
     y, p = pred.Target.to_numpy(), pred.probability.to_numpy()
-    mt, mh = metric_table(y, p, thr, n_resamples, seed=seed), metric_table(y, p, 0.5, n_resamples, seed=seed)
-    sub = subgroup_table(pred, thr)
     out.mkdir(parents=True, exist_ok=True)
     figs = {'curves.png': plot_curves(y, p, thr), 'reliability.png': plot_reliability(y, p),
             'confusion.png': plot_confusion(y, p, thr), 'scores.png': plot_scores(y, p, thr)}
-    loc, gallery_counts = None, None
-    pos = np.flatnonzero((y == 1) & np.array([len(b) > 0 for b in pred.boxes]))
-    if cam and len(pos):
-        maps = _cams(model, images[pos], contract, progress=progress)
-        boxes = list(pred.boxes.iloc[pos]); size = images.shape[-1]
-        train_pos = m[(m.split == 'train') & (m.Target == 1)]
-        scores = {'Grad-CAM': localization_scores(maps, boxes), 'centre prior': localization_scores(centre_prior(size), boxes)}
-        if len(train_pos) and split not in ('all', 'original'): scores['box prior (training boxes)'] = localization_scores(box_prior(train_pos.boxes, size), boxes)
-        loc = localization_summary(scores, n_resamples)
-        picks = _gallery_picks(pred, thr, gallery)
-        gallery_counts = {k: sum(kind == short for kind, _ in picks) for k, short in
-                          (('true positives', 'TP'), ('false positives', 'FP'), ('false negatives', 'FN'))}
-        if picks:
-            idx = [i for _, i in picks]
-            gmaps = _cams(model, images[idx], contract)
-            figs['cam_gallery.png'] = cam_gallery(images[idx], gmaps, list(pred.boxes.iloc[idx]),
-                                                  [f'{k}  p={pred.probability.iloc[i]:.2f}\n{pred.patientId.iloc[i][:13]}' for k, i in picks])
+    loc, gallery = _where_it_looks(model, contract, images, pred, m, split, thr, o, figs)
     for name, fig in figs.items(): _save_fig(fig, out/name)
-    cols = [c for c in ('patientId', 'Target', 'probability', 'prediction', 'view', 'sex', 'age') if c in pred]
-    write_csv(out/'predictions.csv', pred[cols])
-    res = EvaluationResult(out, split, thr_info, mt, mh, sub, loc, pred)
+    write_csv(out/'predictions.csv', pred[[c for c in ('patientId', 'Target', 'probability', 'prediction', 'view', 'sex', 'age') if c in pred]])
     note = _ORIGINAL if split == 'original' else (f'{seen} of these patients trained this model or chose its threshold: the numbers are optimistic' if seen else None)
-    res.note = note
-    rel = lambda f: os.path.relpath(Path(f).resolve(), out.resolve())
-    record = dict(checkpoint=None if ckpt_path is None else rel(ckpt_path),
-                  members=[rel(f) for f in contract.files] if isinstance(contract, EnsembleContract) else None,
-                  cache=rel(cache), split=split, n=len(pred), seen=seen, note=note,
-                  positives=int(y.sum()), threshold=thr_info, confusion=confusion(y, p, thr), n_resamples=n_resamples, confidence=0.95,
-                  metrics=mt.to_dict('index'), metrics_at_0_5=mh.to_dict('index'), subgroups=sub.to_dict('records'),
-                  localization=None if loc is None else loc.to_dict('records'), gallery=gallery_counts, date=datetime.datetime.now().isoformat(timespec='seconds'),
-                  files=sorted(figs) + ['predictions.csv', 'report.md'])
+    res = EvaluationResult(out, split, dataclasses.asdict(thr_rec), metric_table(y, p, thr, o.n_resamples, seed=o.seed),
+                           metric_table(y, p, 0.5, o.n_resamples, seed=o.seed), subgroup_table(pred, thr), loc, pred, note)
+    record = _record(res, cache, ckpt_path, contract, seen, o, gallery, sorted(figs) + ['predictions.csv', 'report.md'])
     atomic_write(out/'metrics.json', json.dumps(_jsonable(record), indent=2))
     atomic_write(out/'report.md', _report(res, record))
     return res
@@ -573,25 +436,27 @@ _NAMES = dict(auroc='AUROC', average_precision='average precision', accuracy='ac
               recall='sensitivity (recall)', specificity='specificity', npv='NPV', f1='F1', balanced_accuracy='balanced accuracy',
               brier='Brier score', ece='expected calibration error')
 
+# %% ../nbs/06_evaluation.ipynb #44740947
 def _model_line(rec:dict)->str:
     "The report's line on the model: its checkpoint, or an ensemble's members."
     if not rec.get('members'): return f"- checkpoint: `{rec['checkpoint']}`"
     return (f"- ensemble of {len(rec['members'])} checkpoints, their probabilities averaged: " + ', '.join(f'`{m}`' for m in rec['members'])
             + (f" (ensemble file `{rec['checkpoint']}`)" if rec['checkpoint'] else ''))
 
+# %% ../nbs/06_evaluation.ipynb #da5d3047
 def _report(res:EvaluationResult, rec:dict)->str:
     t = res.threshold
     mt = pd.DataFrame({'metric': [_NAMES[k] for k in res.metrics.index],
-                       f"at the operating threshold {t['value']:.3f}": [_ci_text(r) for r in res.metrics.itertuples()],
-                       'at 0.5': [_ci_text(r) for r in res.metrics_at_half.itertuples()]})
+                       f"at the operating threshold {t['value']:.3f}": [ci_text(r) for r in res.metrics.itertuples()],
+                       'at 0.5': [ci_text(r) for r in res.metrics_at_half.itertuples()]})
     chosen = (f"chosen on the {t['split']} split ({t.get('n', '?')} patients, {t.get('positives', '?')} positive) by "
               f"**{t['method']}**" + (f" (target {t['target']})" if t.get('target') is not None else '')
               if t['method'] != 'fixed' else 'fixed')
-    lines = [f"# Evaluation report", ''] + ([f"> **{rec['note'][0].upper() + rec['note'][1:]}.**", ''] if rec.get('note') else []) + [
+    lines = ["# Evaluation report", ''] + ([f"> **{rec['note'][0].upper() + rec['note'][1:]}.**", ''] if rec.get('note') else []) + [
              _model_line(rec), f"- data: `{rec['cache']}`, split **{rec['split']}**: {rec['n']} patients, "
              f"{rec['positives']} with pneumonia ({rec['positives']/max(rec['n'],1):.1%})",
              f"- operating threshold **{t['value']:.4f}**, {chosen}", f"- {rec['date']}", '',
-             f"## Metrics", '', f"95% percentile-bootstrap confidence intervals over {rec['n_resamples']} resamples of the patients.", '',
+             "## Metrics", '', f"95% percentile-bootstrap confidence intervals over {rec['n_resamples']} resamples of the patients.", '',
              _md_table(mt), '', '![ROC and precision-recall curves](curves.png)', '',
              '![Confusion matrix](confusion.png) ![Scores by class](scores.png)', '',
              '## Calibration', '', '![Reliability diagram](reliability.png)', '',

@@ -14,15 +14,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 import pytorch_lightning as pl
 from fastcore.basics import patch
-from torchmetrics import MetricCollection
-from torchmetrics.classification import BinaryAccuracy, BinaryPrecision, BinaryRecall, BinarySpecificity, BinaryF1Score
-from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 
 # %% auto #0
 __all__ = ['build_backbone', 'FocalLoss', 'mix_batch', 'PneumoniaClassifier']
 
 # %% ../nbs/04_model.ipynb #92479519
 from .config import BACKBONES, LOSSES, OPTIMIZERS, SCHEDULERS, ModelConfig, OptimConfig
+from .metrics import epoch_metrics
 
 # %% ../nbs/04_model.ipynb #61717d0b
 def _parent(model:nn.Module, name:str):
@@ -213,14 +211,6 @@ def _warmup_cosine(step:int, warmup:int, total:int) -> float:
     if step < warmup: return (step+1)/warmup
     return 0.5*(1 + math.cos(math.pi * min(1., (step-warmup)/max(1, total-warmup))))
 
-# %% ../nbs/04_model.ipynb #0a6a1705
-def _metrics(threshold:float=0.5) -> MetricCollection:
-    "Binary classification metrics, thresholding probabilities at `threshold` where needed"
-    return MetricCollection({
-        'acc': BinaryAccuracy(threshold=threshold), 'precision': BinaryPrecision(threshold=threshold),
-        'recall': BinaryRecall(threshold=threshold), 'specificity': BinarySpecificity(threshold=threshold),
-        'f1': BinaryF1Score(threshold=threshold), 'auroc': BinaryAUROC(), 'ap': BinaryAveragePrecision()})
-
 # %% ../nbs/04_model.ipynb #924c71b9
 _M, _O = ModelConfig(), OptimConfig()   # the defaults live in the configuration
 
@@ -257,7 +247,7 @@ class PneumoniaClassifier(pl.LightningModule):
         pw = None if pos_weight is None else torch.tensor(float(pos_weight))
         self.loss_fn = (nn.BCEWithLogitsLoss(pos_weight=pw) if loss == 'bce'
                         else FocalLoss(focal_alpha, focal_gamma, pos_weight))
-        m = _metrics(threshold)
+        m = epoch_metrics(threshold)
         self.train_metrics, self.val_metrics, self.test_metrics = (m.clone(prefix=p) for p in ('train/', 'val/', 'test/'))
         self.batch_transform = None  # optional nn.Module applied to x on the device, in training steps only
         self.contract, self.run_config = None, None  # set by `train`; saved in every checkpoint (`write_contract`)

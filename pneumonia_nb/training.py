@@ -16,21 +16,20 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, ProgressBar, TQDMProgressBar
 from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
 from pytorch_lightning.loggers import TensorBoardLogger
-from torchmetrics.functional.classification import binary_auroc, binary_average_precision, binary_precision_at_fixed_recall
 from torchvision.utils import make_grid
 
-from .config import CheckpointError, PneumoniaError, RunConfig, ThresholdRecord, _interactive
+from .config import CheckpointError, PneumoniaError, RunConfig, ThresholdRecord, is_interactive
 from .config import atomic_write, output_lock, resolve_device, save_config
 from .cache import load_manifest, load_stats
 from .dataset import PneumoniaDataModule, load_images
 from .model import PneumoniaClassifier
 from .checkpoints import ENSEMBLE_FILE, Contract, check_weights, encode_patients, load_checkpoint, load_classifier
 from .checkpoints import predict_images, read_contract, save_classifier, weights_digest, write_ensemble
-from .evaluation import threshold_metrics, threshold_record
+from .metrics import pooled_metrics, threshold_metrics, threshold_record
 
 # %% auto #0
-__all__ = ['resolve_precision', 'TrainingDiverged', 'AugmentedImages', 'TrainResult', 'train', 'pooled_metrics', 'predict_rows',
-           'CVResult', 'cross_validate']
+__all__ = ['resolve_precision', 'TrainingDiverged', 'AugmentedImages', 'TrainResult', 'train', 'Fold', 'FoldCallback',
+           'OutOfFold', 'run_folds', 'CVResult', 'cross_validate']
 
 # %% ../nbs/05_training.ipynb #a9ed356b
 def resolve_precision(precision:str='auto', accelerator:str='auto')->str:
@@ -100,6 +99,7 @@ class _EpochBar(TQDMProgressBar):
     def get_metrics(self, trainer, pl_module):
         m = super().get_metrics(trainer, pl_module); m.pop('v_num', None); return m
 
+# %% ../nbs/05_training.ipynb #eeca5ede
 class _LineProgress(ProgressBar):
     "Progress as plain lines, for logs: one every `every` seconds within an epoch, and one at each epoch's end."
     def __init__(self, every:float=10.0, stream=None):
@@ -121,13 +121,14 @@ class _LineProgress(ProgressBar):
 
 def _progress_callback(rows:int, batch_size:int):
     "The progress display for this output: a bar where a person watches, lines where a log is written."
-    if _interactive(sys.stderr): return _EpochBar(refresh_rate=max(1, rows // batch_size // 20))
+    if is_interactive(sys.stderr): return _EpochBar(refresh_rate=max(1, rows // batch_size // 20))
     return _LineProgress()
 
 # %% ../nbs/05_training.ipynb #c8d0d952
 _SHOWN = ('recall', 'specificity', 'precision', 'accuracy', 'f1')
 def _num(v:float)->str: return 'n/a' if v != v else f'{v:.4f}'   # n/a: e.g. precision with no positive predictions
 
+# %% ../nbs/05_training.ipynb #1d577bb9
 @dataclass
 class TrainResult:
     "What `train` produced."
@@ -144,7 +145,7 @@ class TrainResult:
     rank_zero: bool = True # False in the other processes of a multi-process (DDP) run
     def summary(self)->str:
         m, t = self.metrics, self.threshold
-        lines = [f"validation split, best checkpoint: AUROC {m.get('val/auroc', float('nan')):.4f}, AP {m.get('val/ap', float('nan')):.4f}"]
+        lines = [f"validation split, best checkpoint: AUROC {m.get('val/auroc', float('nan')):.4f}, AP {m.get('val/average_precision', float('nan')):.4f}"]
         if t is not None:
             lines.append(f'  {"":12} {"at the operating threshold " + format(t.value, ".3f"):>32} {"at 0.5":>8}')
             lines += [f'  {k:12} {_num(self.at_threshold[k]):>32} {_num(self.at_half[k]):>8}' for k in _SHOWN]
@@ -198,14 +199,32 @@ def _classifier(cfg:RunConfig, dm:PneumoniaDataModule, gpu:bool)->PneumoniaClass
     model.run_config = cfg
     return model
 
-def _choose_threshold(model:PneumoniaClassifier, rows, cfg:RunConfig, device)->tuple:
-    "(threshold record or None, metrics at it, metrics at 0.5) on `rows`, by `cfg.evaluate`'s rule (see `06_evaluation`)."
-    y = rows.Target.to_numpy(); p = predict_images(model.to(device).eval(), load_images(rows), model.contract)
-    ev = cfg.evaluate
-    try: rec = threshold_record(y, p, ev.threshold_method, ev.target, split='val', by='train')
-    except ValueError: return None, {}, threshold_metrics(y, p, 0.5)   # one class only: nothing to choose on
-    return rec, threshold_metrics(y, p, rec.value), threshold_metrics(y, p, 0.5)
+# %% ../nbs/05_training.ipynb #ab8170b0
+def _threshold_or_none(y, p, cfg:RunConfig, split:str, by:str)->ThresholdRecord|None:
+    "The operating threshold by `cfg.evaluate`'s rule on (y, p), or None when they have patients of one class only."
+    try: return threshold_record(y, p, cfg.evaluate.threshold_method, cfg.evaluate.target, split=split, by=by)
+    except ValueError: return None   # one class only: nothing to choose on
 
+def _validation_threshold(model:PneumoniaClassifier, rows, cfg:RunConfig, device)->tuple:
+    "(threshold record or None, metrics at it, metrics at 0.5) on the validation `rows`."
+    y = rows.Target.to_numpy(); p = predict_images(model.to(device).eval(), load_images(rows), model.contract)
+    rec = _threshold_or_none(y, p, cfg, 'val', 'train')
+    return rec, {} if rec is None else threshold_metrics(y, p, rec.value), threshold_metrics(y, p, 0.5)
+
+# %% ../nbs/05_training.ipynb #583f01c4
+def _callbacks(out:Path, cfg:RunConfig, dm:PneumoniaDataModule, progress:bool, log_images:bool, extra:list)->tuple:
+    "(the best checkpoint's callback, every Lightning callback of the run)."
+    o = cfg.optim
+    best_cb = ModelCheckpoint(dirpath=out/'checkpoints', filename='best', monitor='val/auroc', mode='max', save_weights_only=True,
+                              auto_insert_metric_name=False, enable_version_counter=False)
+    last_cb = ModelCheckpoint(dirpath=out/'checkpoints', filename='last', monitor=None, save_top_k=1, enable_version_counter=False)
+    callbacks = [best_cb, last_cb, LearningRateMonitor('step'), _StopOnNonFinite(), *extra]
+    if log_images: callbacks.append(AugmentedImages())
+    if o.early_stopping: callbacks.append(EarlyStopping('val/auroc', mode='max', patience=o.early_stopping))
+    if progress: callbacks.append(_progress_callback(len(dm.train_rows), o.batch_size))
+    return best_cb, callbacks
+
+# %% ../nbs/05_training.ipynb #e436322a
 def train(cache, # cache folder written by `preprocess`
           out, # output folder: config.yaml, checkpoints/, logs/, metrics.json
           config:RunConfig|None=None, # the run's configuration (default: `RunConfig()`, the default recipe)
@@ -226,6 +245,7 @@ def train(cache, # cache folder written by `preprocess`
     with output_lock(out, 'another train run') if _first_process() else nullcontext():
         return _train(cache, out, cfg, ckpt_path, progress, log_images, limit_batches, t0, callbacks or [])
 
+# %% ../nbs/05_training.ipynb #40b7e48c
 def _train(cache, out:Path, cfg:RunConfig, ckpt_path, progress, log_images, limit_batches, t0, extra:list)->TrainResult:
     o, h = cfg.optim, cfg.hardware
     pl.seed_everything(cfg.fit.seed, workers=True, verbose=False)
@@ -233,13 +253,7 @@ def _train(cache, out:Path, cfg:RunConfig, ckpt_path, progress, log_images, limi
     multi = h.strategy.startswith('ddp') or h.num_nodes > 1 or h.devices not in ('auto', 1)
     dm = _data_module(cache, cfg, gpu, multi); dm.setup('fit')
     model = _classifier(cfg, dm, gpu)
-    best_cb = ModelCheckpoint(dirpath=out/'checkpoints', filename='best', monitor='val/auroc', mode='max', save_weights_only=True,
-                              auto_insert_metric_name=False, enable_version_counter=False)
-    last_cb = ModelCheckpoint(dirpath=out/'checkpoints', filename='last', monitor=None, save_top_k=1, enable_version_counter=False)
-    callbacks = [best_cb, last_cb, LearningRateMonitor('step'), _StopOnNonFinite(), *extra]
-    if log_images: callbacks.append(AugmentedImages())
-    if o.early_stopping: callbacks.append(EarlyStopping('val/auroc', mode='max', patience=o.early_stopping))
-    if progress: callbacks.append(_progress_callback(len(dm.train_rows), o.batch_size))
+    best_cb, callbacks = _callbacks(out, cfg, dm, progress, log_images, extra)
     logger = TensorBoardLogger(out, name='logs', default_hp_metric=False)
     with _quiet_lightning():
         trainer = pl.Trainer(max_epochs=o.epochs, accelerator=h.accelerator, devices=h.devices, num_nodes=h.num_nodes, strategy=h.strategy,
@@ -259,7 +273,7 @@ def _train(cache, out:Path, cfg:RunConfig, ckpt_path, progress, log_images, limi
     last_path = out/'checkpoints'/'last.ckpt'
     thr, at, half = None, {}, {}
     if trainer.is_global_zero:
-        thr, at, half = _choose_threshold(model, dm.val_rows, cfg, resolve_device('cuda' if gpu else 'cpu'))
+        thr, at, half = _validation_threshold(model, dm.val_rows, cfg, resolve_device('cuda' if gpu else 'cpu'))
         model.contract = dataclasses.replace(model.contract, threshold=thr)
         if best:   # train's own best checkpoint, now with its threshold
             meta = torch.load(best, map_location='cpu', weights_only=True)
@@ -269,25 +283,67 @@ def _train(cache, out:Path, cfg:RunConfig, ckpt_path, progress, log_images, limi
     return TrainResult(out, out/'checkpoints'/'best.ckpt' if best else None, last_path if last_path.exists() else None, Path(logger.log_dir), metrics,
                        cfg, thr, at, half, time.time() - t0, trainer.is_global_zero)
 
-# %% ../nbs/05_training.ipynb #61258f53
-def pooled_metrics(probs, # predicted probabilities
-                   targets, # 0/1 labels
-                   recall:float=0.835, # recall at which precision is reported (the original example's recall)
-                  )->dict:
-    "AUROC, average precision and precision at a fixed recall of pooled predictions."
-    p, t = torch.tensor(np.asarray(probs, dtype=np.float32)), torch.tensor(np.asarray(targets, dtype=np.int64))
-    prec, thr = binary_precision_at_fixed_recall(p, t, min_recall=recall)
-    return {'auroc': float(binary_auroc(p, t)), 'ap': float(binary_average_precision(p, t)),
-            f'precision@recall{recall}': float(prec), f'threshold@recall{recall}': float(thr)}
+# %% ../nbs/05_training.ipynb #ec7041d0
+@dataclass
+class Fold:
+    "One fold of `run_folds`: its run, and its patients predicted by the model that did not train on them."
+    index: int # position in the loop (0, 1, ...)
+    fold: int # the manifest's fold: the patients this run validated on
+    result: TrainResult # this fold's `train` result
+    checkpoint: Path # the checkpoint that predicted the fold
+    digest: str # `weights_digest` of that checkpoint's weights
+    predictions: pd.DataFrame # patientId, Target, fold, probability (float64: what oof.csv holds)
 
-# %% ../nbs/05_training.ipynb #d231496f
-def predict_rows(checkpoint, # a checkpoint written by `train`
-                 rows:pd.DataFrame, # manifest rows (with `path`) to predict
-                 device='auto')->np.ndarray:
-    "Probabilities for `rows`, in their order, with the checkpoint's own normalisation."
-    model, contract = load_classifier(checkpoint, map_location=device)
-    return predict_images(model, load_images(rows), contract)
+# %% ../nbs/05_training.ipynb #43bcbcc8
+class FoldCallback:
+    "The hooks `run_folds` calls for each fold; here they do nothing: override those you need."
+    def train_callbacks(self, index:int, fold:int)->list:
+        "More Lightning callbacks for this fold's `train` run."
+        return []
+    def on_fold_trained(self, index:int, fold:int, result:TrainResult):
+        "After the fold's training, before its predictions: raise to stop the loop."
+    def on_fold_end(self, f:Fold):
+        "Once the fold's predictions are made."
 
+# %% ../nbs/05_training.ipynb #774da0b8
+def _predict_fold(index:int, k:int, r:TrainResult, m:pd.DataFrame, select:str)->Fold:
+    "Fold `k`'s patients (its validation patients, never the test split), predicted by its run's `select` checkpoint."
+    val = m[(m.fold == k) & (m.split != 'test')].reset_index(drop=True)
+    ckpt = r.last_checkpoint if select == 'last' else r.best_checkpoint
+    model, contract = load_classifier(ckpt, map_location='auto')
+    p = predict_images(model, load_images(val), contract).astype(np.float64)   # float64: oof.csv holds exactly these numbers
+    return Fold(index, k, r, ckpt, weights_digest(model.state_dict()), val[['patientId', 'Target']].assign(fold=k, probability=p))
+
+# %% ../nbs/05_training.ipynb #503b075a
+@dataclass
+class OutOfFold:
+    "What `run_folds` returns: the folds, their pooled out-of-fold predictions (`oof.csv`), and the metrics of those."
+    folds: list # the `Fold`s, in order
+    oof: pd.DataFrame # every fold's predictions: patientId, Target, fold, probability
+    pooled: dict # `pooled_metrics` of `oof`, at the configuration's target sensitivity
+
+def run_folds(cache, # cache folder written by `preprocess`
+              out, # output folder: fold_K/ for each fold, oof.csv
+              config:RunConfig, # every fold's configuration (its `fit.fold` is set to each fold in turn)
+              folds:list, # the manifest's folds to run, in order
+              select:str='last', # checkpoint that predicts its fold: 'last' epoch, or 'best' val AUROC (optimistic)
+              callback:FoldCallback|None=None, # the caller's hooks (see `FoldCallback`)
+              manifest:pd.DataFrame|None=None, # the cache's manifest, when the caller has read it
+              **train_kwargs, # passed to `train` (progress, log_images, limit_batches)
+             )->OutOfFold:
+    "Train one model per fold, predict each fold with the model that did not see it; pool, write and score the predictions."
+    cb, out = callback or FoldCallback(), Path(out)
+    m = load_manifest(cache) if manifest is None else manifest
+    done = []
+    for i, k in enumerate(folds):
+        r = train(cache, out/f'fold_{k}', config.override(fold=k, cv_folds=None), callbacks=cb.train_callbacks(i, k), **train_kwargs)
+        cb.on_fold_trained(i, k, r)
+        done.append(_predict_fold(i, k, r, m, select)); cb.on_fold_end(done[-1])
+    oof = pd.concat([f.predictions for f in done], ignore_index=True)
+    atomic_write(out/'oof.csv', oof.to_csv(index=False))
+    return OutOfFold(done, oof, pooled_metrics(oof.Target, oof.probability, config.evaluate.target))
+
+# %% ../nbs/05_training.ipynb #ac08459f
 @dataclass
 class CVResult:
     "Per-fold and pooled out-of-fold results of `cross_validate`, and the ensemble of its fold models."
@@ -297,7 +353,7 @@ class CVResult:
     threshold: ThresholdRecord|None = None # the ensemble's operating threshold, chosen on the pooled out-of-fold predictions (None: one class only)
     ensemble: Path|None = None # the ensemble file: the fold models and that threshold
     def summary(self)->str:
-        cols = ['auroc', 'ap', 'acc', 'recall', 'specificity']
+        cols = ['auroc', 'average_precision', 'accuracy', 'recall', 'specificity']
         per = [f'  {c:12} {self.folds[c].mean():.4f} ± {self.folds[c].std(ddof=1):.4f}' for c in cols if c in self.folds]
         t = self.threshold
         thr = (f'ensemble operating threshold {t.value:.4f} ({t.method}' + (f' {t.target}' if t.target is not None else '')
@@ -307,6 +363,7 @@ class CVResult:
                           'pooled out-of-fold predictions:', *[f'  {k:22} {v:.4f}' for k, v in self.pooled.items()], thr]
                          + ([f'ensemble     {self.ensemble}   (evaluate, predict and export take its folder as --ckpt)'] if self.ensemble else []))
 
+# %% ../nbs/05_training.ipynb #0db7b993
 def cross_validate(cache, # cache folder written by `preprocess`
                    out, # output folder: fold_0/, fold_1/, ..., oof.csv, cv.json, ensemble.json
                    config:RunConfig|None=None, # the configuration of every fold's run; `fit.cv_folds` folds (default: all in the manifest)
@@ -321,23 +378,11 @@ def cross_validate(cache, # cache folder written by `preprocess`
     folds = cfg.fit.cv_folds or k_all
     if select not in ('last', 'best'): raise ValueError(f"select must be 'last' or 'best', not {select!r}")
     if not 2 <= folds <= k_all: raise ValueError(f'folds must be between 2 and {k_all} (the folds in {cache}), not {folds}')
-    rows, oof, members, digests = [], [], [], []
-    for k in range(folds):
-        r = train(cache, out/f'fold_{k}', cfg.override(fold=k, cv_folds=None), progress=progress, log_images=log_images, limit_batches=limit_batches)
-        rows.append({'fold': k, **{n.split('/', 1)[1]: v for n, v in r.metrics.items() if n.startswith('val/')}})
-        val = m[(m.fold == k) & (m.split != 'test')].reset_index(drop=True)
-        ckpt = r.last_checkpoint if select == 'last' else r.best_checkpoint
-        model, contract = load_classifier(ckpt, map_location='auto')
-        p = predict_images(model, load_images(val), contract).astype(np.float64)   # float64: oof.csv holds exactly these numbers
-        oof.append(val[['patientId', 'Target']].assign(fold=k, probability=p))
-        members.append(ckpt); digests.append(weights_digest(model.state_dict()))
-    oof = pd.concat(oof, ignore_index=True)
-    pooled = pooled_metrics(oof.probability, oof.Target)
-    ev = cfg.evaluate
-    try: thr = threshold_record(oof.Target, oof.probability, ev.threshold_method, ev.target, split='oof', by='cross_validate')
-    except ValueError: thr = None   # one class only: nothing to choose on
-    atomic_write(out/'oof.csv', oof.to_csv(index=False))
-    ens = write_ensemble(out/ENSEMBLE_FILE, members, thr, n=len(oof), digests=digests, oof=out/'oof.csv', by='cross_validate')
+    ran = run_folds(cache, out, cfg, list(range(folds)), select, manifest=m, progress=progress, log_images=log_images, limit_batches=limit_batches)
+    rows = [{'fold': f.fold, **{n.split('/', 1)[1]: v for n, v in f.result.metrics.items() if n.startswith('val/')}} for f in ran.folds]
+    oof, pooled = ran.oof, ran.pooled
+    thr = _threshold_or_none(oof.Target, oof.probability, cfg, 'oof', 'cross_validate')
+    ens = write_ensemble(out/ENSEMBLE_FILE, [f.checkpoint for f in ran.folds], thr, n=len(oof), digests=[f.digest for f in ran.folds], oof=out/'oof.csv', by='cross_validate')
     res = CVResult(pd.DataFrame(rows), oof, pooled, thr, ens)
     atomic_write(out/'cv.json', json.dumps(dict(folds=rows, pooled=pooled, threshold=None if thr is None else dataclasses.asdict(thr),
                                                 ensemble=ENSEMBLE_FILE), indent=2))

@@ -52,10 +52,13 @@ from .config import ConfigError, PneumoniaError, RunConfig, atomic_write, config
 from .cache import load_manifest, load_stats
 
 # %% ../nbs/10_tune.ipynb #d789569a
-from .training import TrainingDiverged, cross_validate, pooled_metrics, predict_rows, train
+from .training import FoldCallback, TrainingDiverged, cross_validate, run_folds, train
 
 # %% ../nbs/10_tune.ipynb #080cbcab
-from .evaluation import _ci_text, evaluate
+from .evaluation import evaluate
+
+# %% ../nbs/10_tune.ipynb #a7e7379f
+from .metrics import ci_text
 
 # %% ../nbs/10_tune.ipynb #ecd77ef6
 SEARCHABLE = ('model', 'optim', 'augment')
@@ -245,6 +248,22 @@ def _suggest(trial, key:str, d):
 def _fmt(params:dict)->str:
     return ', '.join(f'{k.split(".", 1)[1]}={v:.3g}' if isinstance(v, float) else f'{k.split(".", 1)[1]}={v}' for k, v in params.items())
 
+# %% ../nbs/10_tune.ipynb #402e86bc
+class _TrialFolds(FoldCallback):
+    "A trial's part in the fold loop: the pruner's reports, a pruned trial stopped, each fold's checkpoints deleted once used."
+    def __init__(self, trial, prune:bool, say):
+        self.trial, self.prune, self.say, self.pruner = trial, prune, say, None
+    def train_callbacks(self, index:int, fold:int)->list:
+        self.pruner = PruneTrial(self.trial, step0=index * 1000)   # each fold's epochs are steps of their own
+        return [self.pruner] if self.prune else []
+    def on_fold_trained(self, index:int, fold:int, result):
+        if self.pruner.pruned_at is None: return
+        self.say(f'trial {self.trial.number}: pruned in fold {fold}, epoch {self.pruner.pruned_at - index * 1000 + 1} (validation AUROC behind the median)')
+        shutil.rmtree(result.out/'checkpoints', ignore_errors=True)
+        raise optuna.TrialPruned()
+    def on_fold_end(self, f): shutil.rmtree(f.result.out/'checkpoints', ignore_errors=True)
+
+# %% ../nbs/10_tune.ipynb #799e616e
 @dataclass
 class _Objective:
     cache: Path
@@ -262,27 +281,14 @@ class _Objective:
         params = {k: _suggest(trial, k, d) for k, d in self.space.items()}
         cfg = _apply(self.base, params, f'trial {trial.number}')
         self.say(f'trial {trial.number}: {_fmt(params)}')
-        m, tdir, oof = self.manifest, self.out/'trials'/f'{trial.number:04d}', []
-        for i, k in enumerate(self.folds):
-            pruner = PruneTrial(trial, step0=i * 1000)
-            try: r = train(self.cache, tdir/f'fold_{k}', cfg.override(fold=k, cv_folds=None), progress=False, log_images=False,
-                           callbacks=[pruner] if self.prune else [])
-            except TrainingDiverged as e:
-                trial.set_user_attr('failure', str(e)); self.say(f'trial {trial.number}: failed: {e}'); raise
-            if pruner.pruned_at is not None:
-                self.say(f'trial {trial.number}: pruned in fold {k}, epoch {pruner.pruned_at - i * 1000 + 1} (validation AUROC behind the median)')
-                shutil.rmtree(tdir/f'fold_{k}'/'checkpoints', ignore_errors=True)
-                raise optuna.TrialPruned()
-            val = m[(m.fold == k) & (m.split != 'test')].reset_index(drop=True)
-            oof.append(val[['patientId', 'Target']].assign(fold=k, probability=predict_rows(r.last_checkpoint, val)))
-            shutil.rmtree(tdir/f'fold_{k}'/'checkpoints', ignore_errors=True)
-        oof = pd.concat(oof, ignore_index=True)
-        atomic_write(tdir/'oof.csv', oof.to_csv(index=False))
-        pooled = pooled_metrics(oof.probability, oof.Target)
-        for n in ('ap', 'precision@recall0.835'): trial.set_user_attr(n, pooled[n])
+        try: r = run_folds(self.cache, self.out/'trials'/f'{trial.number:04d}', cfg, self.folds, callback=_TrialFolds(trial, self.prune, self.say),
+                           manifest=self.manifest, progress=False, log_images=False)
+        except TrainingDiverged as e:
+            trial.set_user_attr('failure', str(e)); self.say(f'trial {trial.number}: failed: {e}'); raise
+        for n in ('average_precision', 'precision_at_recall'): trial.set_user_attr(n, r.pooled[n])
         trial.set_user_attr('seconds', round(time.time() - t0, 1))
-        self.say(f'trial {trial.number}: pooled out-of-fold AUROC {pooled["auroc"]:.4f} ({len(oof)} patients, {time.time() - t0:.0f} s)')
-        return pooled['auroc']
+        self.say(f'trial {trial.number}: pooled out-of-fold AUROC {r.pooled["auroc"]:.4f} ({len(r.oof)} patients, {time.time() - t0:.0f} s)')
+        return r.pooled['auroc']
 
 # %% ../nbs/10_tune.ipynb #e4d09ead
 @dataclass
@@ -309,6 +315,30 @@ class TuneResult:
         if self.final is not None:
             for r in self.final.itertuples(): s.append(f'test split ({r.patients} patients, never seen by the search), {r.configuration}: AUROC {r.auroc}')
         return '\n'.join(s + [f'config       {self.best_config}', f'report       {self.out/"report.md"}'])
+
+# %% ../nbs/10_tune.ipynb #949d5fdb
+def _folds_to_use(rows:pd.DataFrame, fold:int|None, folds:int, cache)->list:
+    "The folds a study scores on: `fold` alone, or the first `folds`, checked against the folds of `rows`."
+    k_all = int(rows.fold.max()) + 1
+    if fold is not None:
+        if not 0 <= fold < k_all: raise ConfigError('fold', f'must be between 0 and {k_all - 1} (the folds in {cache}), not {fold}')
+        return [fold]
+    if not 2 <= folds <= k_all: raise ConfigError('folds', f'must be between 2 and {k_all} (the folds in {cache}), not {folds}')
+    return list(range(folds))
+
+# %% ../nbs/10_tune.ipynb #dc3b2e83
+def _open_study(study:str, store, where:str, space:dict, base:RunConfig, rows:pd.DataFrame, use:list, out:Path, prune:bool, seed, say):
+    "The study, created or loaded (its setup checked), its orphaned trials failed, and in a new one trial 0 queued."
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=5)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2) if prune else optuna.pruners.NopPruner()
+    with FileLock(out/'.study.lock'):   # processes starting together: one creates the study and queues trial 0
+        st = optuna.create_study(study_name=study, storage=store, direction='maximize', load_if_exists=True, sampler=sampler, pruner=pruner)
+        _check_setup(st, _setup(space, base, rows, use), where)
+        gone = _fail_orphans(st)
+        if gone: say(f'marked failed: trial {", ".join(map(str, gone))} (its process on this machine is gone)')
+        if not st.trials: st.enqueue_trial(_start_params(base, space), skip_if_exists=True)
+    return st
 
 # %% ../nbs/10_tune.ipynb #146ce135
 def tune(cache, # cache folder written by `preprocess`; its test split is kept out of the search
@@ -340,26 +370,12 @@ def tune(cache, # cache folder written by `preprocess`; its test split is kept o
     if epochs is not None and 'optim.epochs' in space: space['optim.epochs'] = _capped(space['optim.epochs'], epochs)
     m = load_manifest(cache)
     rows = m[m.split != 'test']
-    k_all = int(rows.fold.max()) + 1
-    if fold is not None:
-        if not 0 <= fold < k_all: raise ConfigError('fold', f'must be between 0 and {k_all - 1} (the folds in {cache}), not {fold}')
-        use = [fold]
-    else:
-        if not 2 <= folds <= k_all: raise ConfigError('folds', f'must be between 2 and {k_all} (the folds in {cache}), not {folds}')
-        use = list(range(folds))
+    use = _folds_to_use(rows, fold, folds, cache)
     out.mkdir(parents=True, exist_ok=True)
     store = open_storage(storage, out)
     where = str(out/'study.journal') if storage is None else (_masked(storage) if '://' in str(storage) else str(storage))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=5)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2) if prune else optuna.pruners.NopPruner()
     say = (lambda msg: print(f'{datetime.datetime.now():%H:%M:%S}  {msg}', flush=True)) if progress else (lambda msg: None)
-    with FileLock(out/'.study.lock'):   # processes starting together: one creates the study and queues trial 0
-        st = optuna.create_study(study_name=study, storage=store, direction='maximize', load_if_exists=True, sampler=sampler, pruner=pruner)
-        _check_setup(st, _setup(space, base, rows, use), where)
-        gone = _fail_orphans(st)
-        if gone: say(f'marked failed: trial {", ".join(map(str, gone))} (its process on this machine is gone)')
-        if not st.trials: st.enqueue_trial(_start_params(base, space), skip_if_exists=True)
+    st = _open_study(study, store, where, space, base, rows, use, out, prune, seed, say)
     objective = _Objective(cache, m, out, base, space, use, prune, say)
     st.optimize(objective, n_trials=trials, timeout=timeout, catch=(TrainingDiverged,), gc_after_trial=True)
     return _results(st, base, space, cache, m, out, where, final, say, objective.ran, t0)
@@ -402,6 +418,7 @@ def trials_frame(study)->pd.DataFrame:
                      'seconds': t.user_attrs.get('seconds'), 'worker': t.user_attrs.get(_WORKER), 'failure': t.user_attrs.get('failure')})
     return pd.DataFrame(rows)
 
+# %% ../nbs/10_tune.ipynb #a31dc5c5
 def _png(fig)->bytes:
     buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=110, bbox_inches='tight'); plt.close(fig)
     return buf.getvalue()
@@ -445,11 +462,12 @@ def _final_check(base:RunConfig, best:RunConfig, cache:Path, m:pd.DataFrame, out
         say(f'final check: training the {"best" if name == "best" else "starting"} configuration on the train/validation split')
         _, ev = _on_test_split(cache, out/'final'/name, cfg)
         a = ev.metrics.loc['auroc']
-        rows.append({'configuration': 'best trial' if name == 'best' else 'starting configuration', 'auroc': _ci_text(a),
+        rows.append({'configuration': 'best trial' if name == 'best' else 'starting configuration', 'auroc': ci_text(a),
                      'auroc_value': float(a.value), 'patients': len(ev.predictions), 'positives': int(ev.predictions.Target.sum()),
                      'report': str(ev.out/'report.md')})
     return pd.DataFrame(rows)
 
+# %% ../nbs/10_tune.ipynb #b4f04386
 def _results(st, base:RunConfig, space:dict, cache:Path, m:pd.DataFrame, out:Path, where:str, final:str, say, ran:int, t0:float)->TuneResult:
     df = trials_frame(st)
     atomic_write(out/'trials.csv', df.to_csv(index=False))
@@ -506,12 +524,13 @@ def _compare_job(job:tuple)->dict:
         else: t, ev = _on_test_split(Path(cache), Path(out)/'train', cfg)
     if protocol == 'cv': r = {k: float(v) for k, v in cv.pooled.items() if not k.startswith('threshold')}
     else:
-        r = {'auroc': float(ev.metrics.loc['auroc'].value), 'ap': float(ev.metrics.loc['average_precision'].value),
+        r = {'auroc': float(ev.metrics.loc['auroc'].value), 'average_precision': float(ev.metrics.loc['average_precision'].value),
              'val_auroc': float(t.metrics.get('val/auroc', float('nan'))), 'test_patients': len(ev.predictions)}
     r = dict(recipe=name, seed=seed, protocol=protocol, minutes=round((time.time() - t0) / 60, 2), **r)
     atomic_write(done, json.dumps(r, indent=2))
     return r
 
+# %% ../nbs/10_tune.ipynb #45331f82
 def compare_recipes(cache, # cache folder written by `preprocess` ('holdout' needs a test split)
                     out, # output folder: <protocol>/<recipe>/seed_<s>/
                     recipes:dict, # {name: RunConfig}
@@ -536,8 +555,9 @@ def compare_recipes(cache, # cache folder written by `preprocess` ('holdout' nee
             for f in futures.as_completed([ex.submit(_compare_job, j) for j in jobs]): rows.append(f.result()); say(rows[-1])
     return pd.DataFrame(rows).sort_values(['recipe', 'seed']).reset_index(drop=True)
 
+# %% ../nbs/10_tune.ipynb #e5738afb
 def comparison_table(runs:pd.DataFrame, # rows of `compare_recipes`
-                     metrics=('auroc', 'ap'))->pd.DataFrame:
+                     metrics=('auroc', 'average_precision'))->pd.DataFrame:
     "Mean and standard deviation over seeds of each recipe's metrics."
     cols = [m for m in metrics if m in runs]
     t = runs.groupby('recipe')[cols].agg(['mean', 'std'])

@@ -142,6 +142,20 @@ def env(out:Path, mode:str):
         except Exception: where = None
         reqs.append(dict(requirement=r, installed=v, satisfied=ok, carried=bool(where and where.startswith('/tmp/site'))))
         if not ok: bad.append(f'{r} (installed: {v})')
+    # and what the carried wheels need in turn (kornia: torch>=2.5.1, alembic: typing-extensions>=4.12, ...)
+    try: carried = [c['name'] for c in json.loads((ROOT/'.whl'/'wheels.json').read_text())['carried']]
+    except (OSError, ValueError, KeyError): carried = []
+    env_m = dict(extra='')
+    for name in carried:
+        try: needs = md.requires(name) or []
+        except md.PackageNotFoundError: bad.append(f'{name} (carried) is not installed'); continue
+        for d in needs:
+            req = Requirement(d)
+            if req.marker is not None and ('extra' in str(req.marker) or not req.marker.evaluate(env_m)): continue
+            try: v = md.version(req.name)
+            except md.PackageNotFoundError: v = None
+            if v is None or not req.specifier.contains(v, prereleases=True): bad.append(f'{d}, needed by {name} (installed: {v})')
+    info['carried'] = carried
     info['requirements'], info['unsatisfied'] = reqs, bad
     try:
         import pneumonia_nb; info['pneumonia_nb'] = pneumonia_nb.__version__
@@ -223,7 +237,8 @@ def ours(rows, dev, cache:Path, out:Path, batch:int, compile:bool, warm:int):
             f = self.facts
             f['precision'] = str(trainer.precision)
             f['channels_last'] = any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in pl_module.parameters())
-            f['compiled'] = any(type(m).__name__ == 'OptimizedModule' for m in pl_module.modules())
+            f['compiled'] = any(type(m).__name__ == 'OptimizedModule' or getattr(m, '_compiled_call_impl', None) is not None
+                                for m in pl_module.modules())   # torch.compile(m) or m.compile()
             f['batch_transform'] = type(getattr(pl_module, 'batch_transform', None)).__name__
             try: f['train_loader'] = type(trainer.train_dataloader).__name__
             except Exception as e: f['train_loader'] = f'? ({type(e).__name__})'

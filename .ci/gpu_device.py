@@ -40,9 +40,12 @@ CKPT = W['train']/'checkpoints'/'best.ckpt'
 COMMON = ['--model.pretrained', 'none', '--optim.batch_size', str(P['batch'])]
 S = str(P['size'])
 
-def step(name, argv, limit_gpu, limit_cpu, needs=(), pick=None, what=''):
-    return dict(name=name, argv=[str(a) for a in argv], limit=limit_gpu if GPU else limit_cpu, needs=list(needs), pick=pick, what=what)
+def step(name, argv, limit_gpu, limit_cpu, needs=(), pick=None, what='', group=None):
+    "One step; consecutive steps of one `group` run at the same time (none of them is timed work)."
+    return dict(name=name, argv=[str(a) for a in argv], limit=limit_gpu if GPU else limit_cpu, needs=list(needs), pick=pick, what=what, group=group)
 
+# evaluate, predict, export, cross-validation, tune and the larger cache run side by side (group 'cli'): none of
+# them is timed, and the device has 16 cores and room on the card for all; the tables run one at a time after them
 STEPS = [
     step('install', [PY, '-m', 'pip', 'install', '-q', '--no-index', '--no-deps', '--no-compile', '--no-cache-dir', '--upgrade',
                      '--target', SITE, *sorted(str(p) for p in (ROOT/'.whl').glob('*.whl'))], 90, 90,
@@ -55,20 +58,21 @@ STEPS = [
     step('train', [*PNB, 'train', '--cache', W['cache'], '--out', W['train'], '--optim.epochs', P['epochs'], *COMMON], 120, 600,
          needs=['preprocess'], pick=[r'best checkpoint: AUROC', r'^time '], what=f"{P['epochs']} epoch(s); on a GPU the fast path"),
     step('evaluate', [*PNB, 'evaluate', '--ckpt', CKPT, '--cache', W['cache'], '--out', W['eval']], 120, 600,
-         needs=['train'], pick=[r'^test split', r'^auroc ', r'^pointing game'], what='the test split, with Grad-CAM'),
+         needs=['train'], pick=[r'^test split', r'^auroc ', r'^pointing game'], what='the test split, with Grad-CAM', group='cli'),
     step('predict', [*PNB, 'predict', '--ckpt', CKPT, W['new'], '--out', WORK/'predictions.csv', '--batch_size', P['tb']], 90, 300,
-         needs=['train', 'data'], pick=[r'^predicted ', r'^time '], what='new patients (DICOM)'),
+         needs=['train', 'data'], pick=[r'^predicted ', r'^time '], what='new patients (DICOM)', group='cli'),
     step('export', [*PNB, 'export', '--ckpt', CKPT, '--out', W['export']], 120, 300, needs=['train'], pick=r'checked',
-         what='TorchScript and ONNX, with export\'s own parity check (CPU)'),
-    step('parity', [*BENCH, 'parity', '--export', W['export'], '--device', P['dev'], '--out', WORK/'parity.json'], 60, 120,
-         needs=['export'], pick=r'parity on', what='the exported TorchScript on the device against the CPU and ONNX Runtime'),
+         what='TorchScript and ONNX, with export\'s own parity check (CPU)', group='cli'),
     step('train_cv', [*PNB, 'train', '--cache', W['cache'], '--out', W['cv'], '--fit.cv_folds', 2, '--optim.epochs', P['epochs'], *COMMON],
-         150, 900, needs=['preprocess'], pick=[r'cross-validation, per fold', r'^auroc ', r'^ensemble operating threshold'], what='2-fold cross-validation'),
-    step('tune', [*PNB, 'tune', '--cache', W['cache'], '--out', W['tune'], '--trials', P['trials'], '--epochs', P['epochs'], '--folds', 2,
-                  '--seed', 0, *COMMON], 180, 1500, needs=['preprocess'], pick=[r'^study ', r'^best pooled'], what=f"{P['trials']} trial(s), 2 folds"),
+         150, 900, needs=['preprocess'], pick=[r'cross-validation, per fold', r'^auroc ', r'^ensemble operating threshold'], what='2-fold cross-validation', group='cli'),
+    step('tune', [*PNB, 'tune', '--cache', W['cache'], '--out', W['tune'], '--trials', P['trials'], '--epochs', P['epochs'], '--fold', 0,
+                  '--seed', 0, *COMMON], 180, 1500, needs=['preprocess'], pick=[r'^study ', r'^best pooled'],
+         what=f"{P['trials']} trial(s) scored on fold 0, then the best trained and reported on the test split", group='cli'),
     step('preprocess_big', [*PNB, 'preprocess', '--data', W['big'], '--out', W['bigcache'], '--preprocess.size', S,
                             '--export_folder', W['processed']], 150, 300, needs=['data'], pick=r'in the manifest',
-         what="the larger replica's cache, and the original example's .npy folders"),
+         what="the larger replica's cache, and the original example's .npy folders", group='cli'),
+    step('parity', [*BENCH, 'parity', '--export', W['export'], '--device', P['dev'], '--out', WORK/'parity.json'], 60, 120,
+         needs=['export'], pick=r'parity on', what='the exported TorchScript on the device against the CPU and ONNX Runtime'),
     step('bench_a', [*BENCH, 'model', '--rows', ROWS, *REP, '--device', P['dev'], '--batch', P['tb'], '--size', S,
                      '--warmup', P['a_warm'], '--steps', P['a_steps']], 90, 300, pick='all:^row ', what='(a) the model alone'),
     step('bench_b', [*BENCH, 'ours', '--rows', ROWS, *REP, '--device', P['dev'], '--batch', P['tb'], '--cache', W['bigcache'], '--out', W['ours'],
@@ -82,12 +86,16 @@ STEPS = [
     step('infer_cache', [*BENCH, 'infer-cache', '--rows', ROWS, *REP, '--device', P['dev'], '--batch', P['tb'], '--ckpt', CKPT,
                          '--cache', W['bigcache'], '--n', P['cache_n']], 90, 300, needs=['train', 'preprocess_big'],
          pick='all:^row ', what='from the cache, fp32 and bf16'),
-    step('train_compile', [*PNB, 'train', '--cache', W['cache'], '--out', W['train_compile'], '--optim.epochs', P['epochs'],
-                           '--hardware.compile', 'true', *COMMON], 200, 1200, needs=['preprocess'], pick=[r'best checkpoint: AUROC', r'^time '],
-         what='train once more with torch.compile'),
+    # the compiled runs last: the slowest, and the ones to lose if the budget runs out. The command's compiled run
+    # trains on the larger replica at the tables' batch size, so that (b) compiled finds its kernels in the shared
+    # inductor cache (TORCHINDUCTOR_CACHE_DIR) instead of compiling them again
     step('bench_a_compile', [*BENCH, 'model', '--rows', ROWS, *REP, '--device', P['dev'], '--batch', P['tb'], '--size', S, '--compile',
                              '--warmup', P['a_warm'], '--steps', P['a_steps']], 150, 1200, pick='all:^row ',
          what='(a) the model alone, compiled'),
+    step('train_compile', [*PNB, 'train', '--cache', W['bigcache'], '--out', W['train_compile'], '--optim.epochs', P['epochs'],
+                           '--hardware.compile', 'true', '--model.pretrained', 'none', '--optim.batch_size', P['tb']], 200, 1200,
+         needs=['preprocess_big'], pick=[r'best checkpoint: AUROC', r'^time '],
+         what=f"train once more with torch.compile (the larger replica, batch {P['tb']})"),
     step('bench_b_compile', [*BENCH, 'ours', '--rows', ROWS, *REP, '--device', P['dev'], '--batch', P['tb'], '--cache', W['bigcache'],
                              '--out', W['ours_compile'], '--compile', '--warmup', P['b_warm']], 200, 1500, needs=['preprocess_big'],
          pick='all:^row ', what='(b) our training path, compiled'),
@@ -119,27 +127,47 @@ def _trim(text:str, head:int=40, tail:int=160, cap:int=200_000)->str:
     s = '\n'.join(lines)
     return s if len(s) <= cap else s[:cap // 2] + '\n... [cut] ...\n' + s[-cap // 2:]
 
-def run_step(s:dict, limit:float, log)->dict:
-    t = time.time()
-    log.write(f"\n===== {s['name']}  (limit {limit:.0f} s)  {datetime.datetime.now():%H:%M:%S}\n$ {shlex.join(s['argv'])}\n"); log.flush()
-    try:
-        p = subprocess.Popen(s['argv'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT, env=_env(), start_new_session=True)
-    except OSError as e:
-        return dict(rc=127, status='failed', seconds=0.0, line=f'could not start: {e}')
-    try:
-        out, _ = p.communicate(timeout=limit); rc = p.returncode; status = 'ok' if rc == 0 else 'failed'
-    except subprocess.TimeoutExpired:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try: os.killpg(p.pid, sig)
-            except ProcessLookupError: pass
-            try: out, _ = p.communicate(timeout=10); break
-            except subprocess.TimeoutExpired: out = b''
-        rc, status = 124, 'timeout'
-    text = (out or b'').decode('utf-8', 'replace')
-    log.write(_trim(text) + f"\n----- {s['name']}: {status} (exit {rc}) in {time.time() - t:.1f} s\n"); log.flush()
-    line = _pick(text, rc, s['pick'])
-    if status == 'timeout': line = f'timed out after {limit:.0f} s; last line: {line}'
-    return dict(rc=rc, status=status, seconds=round(time.time() - t, 1), line=line)
+def _start(s:dict, limit:float)->dict:
+    "Start a step in its own process group, its output into a file (no pipe to fill up while others run)."
+    f = open(WORK/f".{s['name']}.out", 'w+b')
+    job = dict(s=s, limit=limit, t=time.time(), file=f, p=None, error=None)
+    try: job['p'] = subprocess.Popen(s['argv'], stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT, env=_env(), start_new_session=True)
+    except OSError as e: job['error'] = f'could not start: {e}'
+    return job
+
+def _kill(p):
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try: os.killpg(p.pid, sig)
+        except ProcessLookupError: pass
+        try: p.wait(timeout=10); return
+        except subprocess.TimeoutExpired: pass
+
+def run_steps(jobs:list, log)->list:
+    "Wait for the started steps (killing each at its own limit); write their logs in order; their records."
+    timed_out = set()
+    while any(j['p'] and j['p'].poll() is None for j in jobs):
+        for k, j in enumerate(jobs):
+            if j['p'] and j['p'].poll() is None and time.time() - j['t'] > j['limit']: _kill(j['p']); timed_out.add(k)
+            if j['p'] and j['p'].poll() is not None and 'end' not in j: j['end'] = time.time()
+        time.sleep(0.2)
+    for j in jobs: j.setdefault('end', time.time())
+    recs = []
+    for k, j in enumerate(jobs):
+        s, p = j['s'], j['p']
+        j['file'].seek(0); text = j['file'].read().decode('utf-8', 'replace'); j['file'].close()
+        if j['error']: rc, status, line = 127, 'failed', j['error']
+        else:
+            rc = 124 if k in timed_out else p.returncode
+            status = 'timeout' if k in timed_out else 'ok' if rc == 0 else 'failed'
+            line = _pick(text, rc, s['pick'])
+            if status == 'timeout': line = f"timed out after {j['limit']:.0f} s; last line: {line}"
+        secs = round((j.get('end') or time.time()) - j['t'], 1)
+        log.write(f"\n===== {s['name']}  (limit {j['limit']:.0f} s)  {datetime.datetime.fromtimestamp(j['t']):%H:%M:%S}"
+                  + (f"  [with {', '.join(x['s']['name'] for x in jobs if x is not j)}]" if len(jobs) > 1 else '')
+                  + f"\n$ {shlex.join(s['argv'])}\n" + _trim(text) + f"\n----- {s['name']}: {status} (exit {rc})\n")
+        recs.append(dict(rc=rc, status=status, line=line, seconds=secs))
+    log.flush()
+    return recs
 
 def _jsonl(path:Path)->list:
     if not path.exists(): return []
@@ -184,20 +212,30 @@ def main():
     status = {}
     with open(OUT/'gpu_log.txt', 'w') as log:
         log.write(f'GPU proof, mode {MODE}, python {PY}, work {WORK}, data {DATA}, budget {BUDGET:.0f} s\n')
-        for s in STEPS:
-            rec = dict(name=s['name'], what=s['what'], command=shlex.join(s['argv']).replace(str(ROOT) + '/', '').replace(str(WORK), 'WORK'), limit_s=None)
-            left = deadline - time.time() - RESERVE
-            missing = [n for n in s['needs'] if status.get(n) != 'ok' and not (ONLY and n not in ONLY)]   # GPU_PROOF_ONLY: earlier outputs assumed
-            if ONLY and s['name'] not in ONLY: rec.update(rc=None, status='skipped', seconds=0.0, line='not in GPU_PROOF_ONLY')
-            elif s['name'] == 'install' and not GPU: rec.update(rc=None, status='skipped', seconds=0.0, line='CPU mode: the local environment has the packages')
-            elif missing: rec.update(rc=None, status='skipped', seconds=0.0, line=f"needs {', '.join(missing)}, which did not succeed")
-            elif left < 15: rec.update(rc=None, status='skipped', seconds=0.0, line=f'no time left in the {BUDGET:.0f} s budget')
-            else:
-                limit = min(s['limit'], left); rec['limit_s'] = round(limit)
-                rec.update(run_step(s, limit, log))
-            status[s['name']] = rec['status']
-            results['steps'].append(rec)
-            print(f"{rec['name']:16} {rec['status']:8} {rec['seconds']:6.1f} s  {rec['line'][:160]}", flush=True)
+        k = 0
+        while k < len(STEPS):
+            # a run of steps with the same group starts together; each still has its own limit
+            g = STEPS[k].get('group')
+            batch = [STEPS[k]] if g is None else [x for x in STEPS[k:] if x.get('group') == g]
+            k += len(batch)
+            recs, jobs = [], []
+            for s in batch:
+                rec = dict(name=s['name'], what=s['what'], group=g, limit_s=None,
+                           command=shlex.join(s['argv']).replace(str(ROOT) + '/', '').replace(str(WORK), 'WORK'))
+                left = deadline - time.time() - RESERVE
+                missing = [n for n in s['needs'] if status.get(n) != 'ok' and not (ONLY and n not in ONLY)]   # GPU_PROOF_ONLY: earlier outputs assumed
+                if ONLY and s['name'] not in ONLY: rec.update(rc=None, status='skipped', seconds=0.0, line='not in GPU_PROOF_ONLY')
+                elif s['name'] == 'install' and not GPU: rec.update(rc=None, status='skipped', seconds=0.0, line='CPU mode: the local environment has the packages')
+                elif missing: rec.update(rc=None, status='skipped', seconds=0.0, line=f"needs {', '.join(missing)}, which did not succeed")
+                elif left < 15: rec.update(rc=None, status='skipped', seconds=0.0, line=f'no time left in the {BUDGET:.0f} s budget')
+                else:
+                    rec['limit_s'] = round(min(s['limit'], left)); jobs.append((rec, _start(s, rec['limit_s'])))
+                recs.append(rec)
+            for (rec, _), r in zip(jobs, run_steps([j for _, j in jobs], log)): rec.update(r)
+            for rec in recs:
+                status[rec['name']] = rec['status']
+                results['steps'].append(rec)
+                print(f"{rec['name']:16} {rec['status']:8} {rec['seconds']:6.1f} s  {rec['line'][:160]}", flush=True)
             results['seconds'] = round(time.time() - t0, 1)
             write_results(results)
     for src, dst in ((W['eval']/'report.md', 'eval_report.md'), (W['tune']/'report.md', 'tune_report.md')):

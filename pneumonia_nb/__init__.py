@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 # command line's --help) does not import torch.
 _API = dict(RunConfig='config', recipe='config', load_config='config', save_config='config',
             make_demo_dataset='demo', preprocess='cache', load_manifest='cache',
-            train='training', cross_validate='training', evaluate='evaluation',
+            train='training', cross_validate='training', evaluate='evaluation', evaluate_dataset='evaluation',
             load_classifier='checkpoints', load_model='checkpoints', load_ensemble='checkpoints', predict_files='inference',
             export_model='inference', export_folder='cache', checkpoint_files='checkpoints',
             EnsembleContract='checkpoints', ENSEMBLE_FILE='checkpoints', tune='tune', parse_space='tune')

@@ -185,7 +185,6 @@ def _label_plan(data_dir:Path, split, val_frac, test_frac, folds, seed)->tuple:
 # %% ../nbs/02c_cache.ipynb #ba7ebbf2
 class CacheError(PneumoniaError):
     "A cache folder that this run must not write to; the message names the folder and the reason."
-    def __init__(self, path, problem): super().__init__(path, problem); self.path = str(path)
 
 LOCK_NAME = '.preprocess.lock'
 

@@ -270,11 +270,12 @@ def _new_checkpoint(out, contract)->Path:
     EnsembleContract, ENSEMBLE_FILE = _lazy('EnsembleContract', 'ENSEMBLE_FILE')
     return Path(out)/(ENSEMBLE_FILE if isinstance(contract, EnsembleContract) else 'checkpoint.ckpt')
 
-def _evaluate_from(args, checkpoint, cache, out, cfg:RunConfig, split:str|None=None, method=None):   # split None: evaluate's choice
+def _evaluate_from(args, checkpoint, cache, out, cfg:RunConfig, split:str|None=None, method=None, data=None):   # split None: evaluate's choice
     ev = cfg.evaluate
-    res = _lazy('evaluate')(checkpoint, cache, out, split=split, method=method, target=ev.target, n_resamples=ev.bootstrap, cam=ev.cam,
-                            gallery=ev.gallery, progress=_progress(args), allow_seen=getattr(args, 'allow_seen', False),
-                            save_checkpoint=_new_checkpoint(out, checkpoint[1]) if method else None)   # with a method, `checkpoint` is loaded
+    options = dict(split=split, method=method, target=ev.target, n_resamples=ev.bootstrap, cam=ev.cam, gallery=ev.gallery, progress=_progress(args),
+                   allow_seen=getattr(args, 'allow_seen', False), save_checkpoint=_new_checkpoint(out, checkpoint[1]) if method else None)   # with a method, `checkpoint` is loaded
+    if data is None: res = _lazy('evaluate')(checkpoint, cache, out, **options)
+    else: res = _lazy('evaluate_dataset')(checkpoint, data, out, workers=args.workers, **options)   # a separate dataset, cached into OUT/cache
     print(res.summary())
     return res
 
@@ -289,24 +290,14 @@ def _run(args, cfg:RunConfig):
 
 # %% ../nbs/08_cli.ipynb #dc189d36
 def _evaluate(args, cfg:RunConfig):
-    load_model, checkpoint_files, EnsembleContract = _lazy('load_model', 'checkpoint_files', 'EnsembleContract')
+    load_model, checkpoint_files = _lazy('load_model', 'checkpoint_files')
     if (args.cache is None) == (args.data is None): raise ConfigError('--cache/--data', 'give one of them: the training cache, or a separate labelled dataset')
     ckpt = _ckpt(args)
     loaded = load_model(ckpt, trusted=args.trust_checkpoint, map_location=cfg.evaluate.device)   # read once, fails before any work
-    contract, method = loaded[1], cfg.evaluate.threshold_method if args.rechoose else None
-    if method: refuse_inputs([_new_checkpoint(args.out, contract)], checkpoint_files(ckpt), 'new checkpoint')   # the model is passed on loaded, without its files
-    if args.data is not None:
-        if contract.threshold is None and method != 'fixed' and isinstance(contract, EnsembleContract):
-            raise PneumoniaError(contract.name, 'this ensemble has no operating threshold, and a separate dataset has no validation split '
-                                 'to choose one on: give the folder that train --fit.cv_folds K wrote (its ensemble.json holds one), or use '
-                                 '--rechoose --evaluate.threshold_method fixed')
-        if contract.threshold is None and method != 'fixed':
-            raise PneumoniaError(ckpt, 'no operating threshold stored; choose one on the validation split of the training cache '
-                                 '(pneumonia_nb evaluate --cache CACHE --rechoose ...), or use --rechoose --evaluate.threshold_method fixed')
-        res = _lazy('preprocess')(args.data, Path(args.out)/'cache', size=contract.size, workers=args.workers, test_frac=0.0, progress=_progress(args))
-        print(res.summary()); cache, split = res.cache, args.split or 'all'
-    else: cache, split = Path(args.cache), args.split   # None: the test split, or the original protocol without one
-    _evaluate_from(args, loaded, cache, args.out, cfg, split, method)
+    method = cfg.evaluate.threshold_method if args.rechoose else None
+    if method: refuse_inputs([_new_checkpoint(args.out, loaded[1])], checkpoint_files(ckpt), 'new checkpoint')   # the model is passed on loaded, without its files
+    if args.data is None: return _evaluate_from(args, loaded, Path(args.cache), args.out, cfg, args.split, method)   # split None: test, or the original protocol
+    _evaluate_from(args, loaded, None, args.out, cfg, args.split, method, data=args.data)
 
 # %% ../nbs/08_cli.ipynb #5d904bc0
 def _predict(args, cfg:RunConfig):

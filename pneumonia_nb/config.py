@@ -34,14 +34,14 @@ class PneumoniaError(ValueError):
                  problem:str): # what is wrong, and what to do about it
         self.where, self.problem = None if where is None else str(where), problem
         super().__init__(problem if where is None else f'{where}: {problem}')
+    @property
+    def path(self)->str|None: return self.where   # the file, for the errors about one file
 
 class ConfigError(PneumoniaError):
     "A configuration value or file that cannot be used."
 
 class CheckpointError(PneumoniaError):
     "A checkpoint that cannot be used, with the reason."
-    @property
-    def path(self): return self.where
 
 # %% ../nbs/00_config.ipynb #34abf051
 def atomic_write(path, # where the file must end up
@@ -204,6 +204,7 @@ class DemoConfig:
     generator_seed:int=0 # seed of the generated dataset (same seed, same files)
     def __post_init__(self): _positive('demo', self, 'n', minimum=10); _positive('demo', self, 'image_size', minimum=64)
 
+# %% ../nbs/00_config.ipynb #17eb11d7
 @dataclass
 class PreprocessConfig:
     "Preprocessing: DICOMs to the image cache, labels, splits"
@@ -225,6 +226,7 @@ class PreprocessConfig:
         "The test share in effect."
         return (0.0 if self.split == 'seed' else 0.1) if self.test_frac is None else float(self.test_frac)
 
+# %% ../nbs/00_config.ipynb #124cb506
 @dataclass
 class ModelConfig:
     "Model"
@@ -232,6 +234,7 @@ class ModelConfig:
     pretrained:Literal['auto', 'imagenet', 'none']='auto' # ImageNet weights: 'auto' uses them when cached or downloadable and warns otherwise; 'imagenet' requires them; 'none' starts from random weights
     weights:str|None=None # a local torchvision weights file (.pth) to start from, for machines without internet
 
+# %% ../nbs/00_config.ipynb #0c49f539
 @dataclass
 class OptimConfig:
     "Optimisation"
@@ -259,6 +262,7 @@ class OptimConfig:
         "`pos_weight` as the model takes it: a number, 'auto' or None."
         return None if self.pos_weight == 'none' else self.pos_weight
 
+# %% ../nbs/00_config.ipynb #0c7f9f87
 @dataclass
 class AugmentConfig:
     "Training augmentation: per image, intensity changes, a random affine, a random resized crop and an optional flip; per batch, mixup or cutmix"
@@ -293,6 +297,7 @@ class AugmentConfig:
         "Whether any of brightness, contrast, gamma and CLAHE is on."
         return any(v > 0 for v in (self.brightness, self.contrast, self.gamma, self.clahe))
 
+# %% ../nbs/00_config.ipynb #600b3fe1
 @dataclass
 class HardwareConfig:
     "Hardware"
@@ -313,6 +318,7 @@ class HardwareConfig:
             cap = 4 * (os.cpu_count() or 1)
             _check('hardware', 'loader_workers', self.loader_workers <= cap, f'{self.loader_workers} processes on a machine with {os.cpu_count()} cores: use at most {cap}')
 
+# %% ../nbs/00_config.ipynb #45d5f1b2
 @dataclass
 class FitConfig:
     "Training run"
@@ -323,6 +329,7 @@ class FitConfig:
     def __post_init__(self):
         _positive('fit', self, 'fold', minimum=0); _positive('fit', self, 'cv_folds', minimum=2)
 
+# %% ../nbs/00_config.ipynb #5f6f27c2
 @dataclass
 class EvaluateConfig:
     "Evaluation"

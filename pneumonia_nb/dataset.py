@@ -65,13 +65,14 @@ def _intensity(x:torch.Tensor, # (B,1,H,W) intensities in [0,1]
 # %% ../nbs/03_dataset.ipynb #a768adc8
 _INTERP = {'nearest': InterpolationMode.NEAREST, 'bilinear': InterpolationMode.BILINEAR}
 
-def _check_aug(aug:AugmentConfig):
+def _affine_ranges(aug:AugmentConfig)->dict:
+    "The affine's ranges as both libraries take them (rotation, shift, zoom), after checking the interpolation."
     if aug.interpolation not in _INTERP: raise ValueError(f"interpolation must be 'nearest' or 'bilinear', not {aug.interpolation!r}")
+    return dict(degrees=(-aug.degrees, aug.degrees), translate=aug.translate_xy, scale=tuple(aug.scale))
 
 def _cpu_affine(aug:AugmentConfig)->v2.Transform:
     "torchvision's RandomAffine with the settings of `aug`."
-    _check_aug(aug)
-    return v2.RandomAffine(degrees=(-aug.degrees, aug.degrees), translate=aug.translate_xy, scale=tuple(aug.scale),
+    return v2.RandomAffine(**_affine_ranges(aug),
                            interpolation=_INTERP[aug.interpolation])
 
 def _cpu_crop(size:int, aug:AugmentConfig)->v2.Transform:
@@ -152,8 +153,7 @@ class GpuNormalize(nn.Module):
 # %% ../nbs/03_dataset.ipynb #abe76711
 def _gpu_affine(aug:AugmentConfig)->nn.Module:
     "kornia's RandomAffine drawing from the same distributions as `_cpu_affine`."
-    _check_aug(aug)
-    return K.RandomAffine(degrees=(-aug.degrees, aug.degrees), translate=aug.translate_xy, scale=tuple(aug.scale),
+    return K.RandomAffine(**_affine_ranges(aug),
                           resample=aug.interpolation, padding_mode='zeros', p=1.0)
 
 def _gpu_crop(size:int, aug:AugmentConfig)->nn.Module:

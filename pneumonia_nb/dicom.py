@@ -27,7 +27,6 @@ from .config import PneumoniaError
 # %% ../nbs/02_dicom.ipynb #ddfbb976
 class DicomError(PneumoniaError):
     "A DICOM file that cannot be turned into an image; the message names the file and the problem."
-    def __init__(self, path, problem): super().__init__(path, problem); self.path = str(path)
 
 # %% ../nbs/02_dicom.ipynb #0fc91bdd
 DECODERS_EXTRA = 'pip install "pneumonia_nb[decoders]"'

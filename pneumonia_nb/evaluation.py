@@ -15,16 +15,16 @@ from matplotlib.patches import Rectangle
 from scipy.stats import bootstrap
 from .config import EvaluateConfig, PneumoniaError, ThresholdRecord, atomic_write, output_lock, refuse_inputs
 from .config import CheckpointError, write_csv
-from .cache import load_manifest
+from .cache import load_manifest, preprocess
 from .dataset import load_images
-from .checkpoints import ENSEMBLE_FILE, Ensemble, EnsembleContract, check_cache_size, checkpoint_files
+from .checkpoints import ENSEMBLE_FILE, Ensemble, EnsembleContract, check_cache_size, checkpoint_files, load_model
 from .checkpoints import loaded_model, model_input, predict_images, predict_split, save_classifier, split_rows
 from .checkpoints import weights_digest, write_ensemble
 
 # %% auto #0
 __all__ = ['AGE_BANDS', 'calibrate_threshold', 'plot_curves', 'plot_reliability', 'plot_confusion', 'plot_scores',
            'subgroup_table', 'cam_layer', 'grad_cam', 'box_mask', 'centre_prior', 'box_prior', 'localization_scores',
-           'localization_summary', 'cam_gallery', 'EvaluationResult', 'evaluate']
+           'localization_summary', 'cam_gallery', 'EvaluationResult', 'evaluate', 'evaluate_dataset']
 
 # %% ../nbs/06_evaluation.ipynb #8a1ad1f8
 from .config import progress_bar
@@ -477,3 +477,32 @@ def _report(res:EvaluationResult, rec:dict)->str:
         missing = [k for k, n in g.items() if not n]
         if missing: lines += [f"The gallery has no {' and no '.join(missing)}: there are none at this threshold.", '']
     return '\n'.join(lines)
+
+# %% ../nbs/06_evaluation.ipynb #d9ca0ca8
+def _threshold_for_dataset(checkpoint, contract, method:str|None):
+    "Refuse what would choose a threshold on the dataset reported on, or report with none: it has no validation split of its own."
+    if method == 'fixed': return
+    ensemble = isinstance(contract, EnsembleContract)   # an ensemble chooses on its out-of-fold predictions, not on this dataset
+    if method is not None and not ensemble:
+        raise PneumoniaError('method', f"{method!r} would choose the threshold on the patients reported on: use the stored threshold or 'fixed'")
+    if method is not None or contract.threshold is not None: return
+    if ensemble:
+        raise PneumoniaError(contract.name, 'this ensemble has no operating threshold, and a separate dataset has no validation split to choose '
+                             'one on: give the folder that cross-validation wrote (its ensemble.json holds one), or a fixed threshold')
+    raise PneumoniaError('the model' if isinstance(checkpoint, tuple) else checkpoint, 'no operating threshold stored; choose one on the '
+                         'validation split of the training cache (evaluate with method=...), or give a fixed threshold')
+
+def evaluate_dataset(checkpoint, # a checkpoint, an ensemble or a loaded `(model, contract)`, as `evaluate` takes it
+                     data, # a separate labelled dataset in the challenge layout
+                     out, # the report's folder; the dataset's cache goes to OUT/cache
+                     method:str|None=None, # None: the model's stored threshold; 'fixed': `target` is the threshold
+                     workers:int|None=None, # decoding processes for the cache (None: all cores)
+                     trusted:bool=False, device:str='auto', progress:bool=True,
+                     **kwargs, # more of `evaluate`'s options (`split` defaults to 'all')
+                    )->EvaluationResult:
+    "Report on all of a separate labelled dataset, at the operating threshold the model brings (or a fixed one)."
+    loaded = checkpoint if isinstance(checkpoint, tuple) else load_model(checkpoint, trusted=trusted, map_location=device)
+    _threshold_for_dataset(checkpoint, loaded[1], method)
+    cache = preprocess(data, Path(out)/'cache', size=loaded[1].size, workers=workers, test_frac=0.0, progress=progress).cache
+    return evaluate(loaded, cache, out, split=kwargs.pop('split', None) or 'all', method=method, trusted=trusted, device=device,
+                    progress=progress, **kwargs)

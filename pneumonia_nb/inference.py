@@ -32,7 +32,6 @@ _DICOM_SUFFIXES = ('.dcm', '.dicom')
 
 class ImageError(PneumoniaError):
     "A PNG or JPEG file that cannot be turned into an image; the message names the file and the problem."
-    def __init__(self, path, problem): super().__init__(path, problem); self.path = str(path)
 
 def _is_dicom(path:Path)->bool:
     "Read as a DICOM: a .dcm/.dicom suffix, or the 'DICM' marker after the 128-byte preamble."

@@ -20,7 +20,6 @@ _BOX = ['x', 'y', 'width', 'height']
 
 class LabelError(PneumoniaError):
     "A label file that cannot be used; the message names the file, the lines and the problem."
-    def __init__(self, path, problem): super().__init__(path, problem); self.path = str(path)
 
 # %% ../nbs/02a_labels.ipynb #7b893771
 def _lines(mask, n:int=5)->str:

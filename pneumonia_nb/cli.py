@@ -22,7 +22,7 @@ from .config import disk_full_message, recipe, refuse_inputs, yaml_problem
 # %% ../nbs/08_cli.ipynb #6f6e5a9e
 def _lazy(*names):
     "`names` from the package's top-level API, imported when a command runs (so `--help` imports no torch)."
-    found = [getattr(importlib.import_module(f'pneumonia_nb.{pneumonia_nb._API[n]}'), n) for n in names]
+    found = [getattr(importlib.import_module(f'pneumonia_nb.{pneumonia_nb.STAGES[n]}'), n) for n in names]
     return found[0] if len(found) == 1 else found
 
 def _sentence(text:str)->str:
@@ -46,7 +46,7 @@ def _add_group(p:ArgumentParser, key:str):
 # %% ../nbs/08_cli.ipynb #993395ca
 def _signature(name:str)->dict:
     "`{parameter: (annotation, default, comment)}` of the library function `name`, read from its module's source (not imported: no torch)."
-    src = Path(importlib.util.find_spec(f'pneumonia_nb.{pneumonia_nb._API[name]}').origin).read_text()
+    src = Path(importlib.util.find_spec(f'pneumonia_nb.{pneumonia_nb.STAGES[name]}').origin).read_text()
     fn = next(n for n in ast.parse(src).body if isinstance(n, ast.FunctionDef) and n.name == name)
     lines = io.StringIO(ast.get_source_segment(src, fn, padded=True)).readline
     notes = {t.start[0] + fn.lineno - 1: t.string.lstrip('# ') for t in tokenize.generate_tokens(lines) if t.type == tokenize.COMMENT}

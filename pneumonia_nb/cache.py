@@ -272,6 +272,7 @@ def _write_results(cache:Path, m:pd.DataFrame, labels:dict, failed:list, size:in
 # %% ../nbs/02c_cache.ipynb #42c3a842
 _P = PreprocessConfig()   # the defaults live in the configuration (`00_config`)
 
+# %% ../nbs/02c_cache.ipynb #b0132392
 def preprocess(data_dir, # challenge layout: stage_2_train_labels.csv, stage_2_train_images/*.dcm
                out_dir, # the cache folder (created)
                size:int=_P.size, # side of the cached square images

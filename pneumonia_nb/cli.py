@@ -357,6 +357,7 @@ def _one_line_warnings(command:str):
 
 def _options_of(command:str)->list: return [o for a in _parser(command)._actions for o in a.option_strings]
 
+# %% ../nbs/08_cli.ipynb #0ff65a7b
 def main(argv:list|None=None, # arguments (default: sys.argv[1:])
         )->int:
     "Run `pneumonia_nb` with `argv`; returns the exit status."

@@ -373,6 +373,7 @@ class RunConfig:
         "Plain values (tuples as lists), ready for YAML and for a checkpoint."
         return _plain(asdict(self))
 
+# %% ../nbs/00_config.ipynb #efa6705b
 def _groups(cfg)->list: return [g.name for g in fields(cfg) if g.name not in ('data', 'cache')]
 def _field_names(cfg)->list: return [f.name for g in _groups(cfg) for f in fields(getattr(cfg, g))]
 def _plain(v):
@@ -417,6 +418,7 @@ def config_from_dict(d:dict, # {group: {field: value}}; missing groups and field
         except ConfigError as e: raise ConfigError(source, str(e)) from None
     return dataclasses.replace(base, **kw)
 
+# %% ../nbs/00_config.ipynb #d1eef7da
 def _type_ok(v, tp)->bool:
     "Whether the plain value `v` (from YAML) fits the type `tp`."
     origin, args = get_origin(tp), get_args(tp)
@@ -441,6 +443,7 @@ def save_config(cfg:RunConfig, path)->Path:
     "Write `cfg` as YAML to `path`, atomically."
     return atomic_write(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
+# %% ../nbs/00_config.ipynb #feb1ca97
 def load_config(path)->RunConfig:
     "Read a configuration written by `save_config` (or by hand: groups and fields left out keep their defaults)."
     path = Path(path)

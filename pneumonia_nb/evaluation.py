@@ -78,6 +78,7 @@ def plot_curves(y, p, threshold:float)->plt.Figure:
     for ax in (a, b): ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=8, frameon=False); ax.grid(alpha=.3)
     fig.tight_layout(); return fig   # the legends sit below the axes, clear of the curves and the marks
 
+# %% ../nbs/06_evaluation.ipynb #2cdad11b
 def plot_reliability(y, p, bins:int=10)->plt.Figure:
     "Reliability diagram: observed frequency against mean probability per bin, with the bins' counts below."
     n, mp, fy = calibration_bins(y, p, bins); ok = n > 0
@@ -100,6 +101,7 @@ def plot_confusion(y, p, threshold:float)->plt.Figure:
            xlabel='predicted', ylabel='true', title=f'Confusion matrix at {threshold:.3f}')
     fig.tight_layout(); return fig
 
+# %% ../nbs/06_evaluation.ipynb #3d4beb96
 def plot_scores(y, p, threshold:float)->plt.Figure:
     "Histogram of the predicted probability of each class, with the threshold."
     y, p = as_arrays(y, p)
@@ -179,6 +181,7 @@ def box_prior(boxes_list, # boxes of many images (e.g. the training positives)
     masks = [box_mask(b, size) for b in boxes_list if len(b)]
     return np.mean(masks, 0) if masks else np.ones((size, size))
 
+# %% ../nbs/06_evaluation.ipynb #5a0f6a0c
 def localization_scores(maps:np.ndarray, # (N,S,S) maps, or one (S,S) map used for every image
                         boxes_list, # the N images' boxes
                        )->pd.DataFrame:

@@ -363,6 +363,7 @@ def _warn_no_threshold(where, ensemble:bool):
                         '"threshold": null. Run `pneumonia_nb evaluate` to choose one on the validation split, then export again.',
                         UserWarning, stacklevel=3)
 
+# %% ../nbs/07_inference.ipynb #ba205932
 def export_model(checkpoint, # a checkpoint written by `train`, or an ensemble: several checkpoints, an ensemble file or a cross-validation folder (see `load_model`)
                  out_dir, # folder to write model.pt, model.onnx and contract.json into (created)
                  formats=EXPORT_FORMATS, # 'torchscript', 'onnx' or both

@@ -214,6 +214,7 @@ def _warmup_cosine(step:int, warmup:int, total:int) -> float:
 # %% ../nbs/04_model.ipynb #924c71b9
 _M, _O = ModelConfig(), OptimConfig()   # the defaults live in the configuration
 
+# %% ../nbs/04_model.ipynb #35f7354d
 class PneumoniaClassifier(pl.LightningModule):
     "Pneumonia vs. no pneumonia from a one-channel chest X-ray; `forward` returns logits of shape (B,)"
     def __init__(self,
@@ -269,6 +270,7 @@ def _mixing(self:PneumoniaClassifier)->tuple:
         return float(getattr(aug, name, 0.0)) if aug is not None and aug.enabled else 0.0
     return value('mixup'), value('cutmix')
 
+# %% ../nbs/04_model.ipynb #b1916081
 @patch
 def _step(self:PneumoniaClassifier, batch, stage:str):
     x, y = batch[0], batch[1].float()
@@ -291,6 +293,7 @@ def _step(self:PneumoniaClassifier, batch, stage:str):
     self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=bs)
     return loss
 
+# %% ../nbs/04_model.ipynb #12da664c
 @patch
 def training_step(self:PneumoniaClassifier, batch, batch_idx): return self._step(batch, 'train')
 @patch

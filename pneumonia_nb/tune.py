@@ -120,6 +120,7 @@ def _values(d)->list:
     "The values a distribution can give that bound what a trial may see: its choices, or its ends."
     return list(d.choices) if isinstance(d, CategoricalDistribution) else [d.low, d.high]
 
+# %% ../nbs/10_tune.ipynb #bcecf050
 def parse_space(space:dict|str|Path|None=None, # {'group.field': spec}, a YAML file of one, or None for `DEFAULT_SPACE`
                 base:RunConfig|None=None, # the configuration the trials start from (each value is tried on it)
                )->dict:

@@ -4,10 +4,11 @@
 The stored outputs of `nbs/*.ipynb` are what the docs site and README show. They must read the same on any
 machine: no absolute path (a temporary folder, the checkout, a site-packages), no user or host name, no warning
 line (a warning a reader sees is a bug to fix), and no Python object repr (`<function …>`, `<class …>`, `… at 0x…`).
-Usage: python .ci/check_outputs.py [NOTEBOOK_OR_FOLDER_OR_MD ...] (default: nbs and README.md).
+The command line's `--help` (the top level's and each command's) is checked the same way, and for `%%`.
+Usage: python .ci/check_outputs.py [NOTEBOOK_OR_FOLDER_OR_MD ...] (default: nbs, README.md and the --help texts).
 Exit status 1, with one line per finding (file, cell, what, the offending text), when anything is found.
 """
-import getpass, json, re, socket, sys
+import getpass, json, re, socket, subprocess, sys
 from pathlib import Path
 
 _ABS = re.compile(r'(?<![\w.~-])(?:/(?:tmp|work|home|root|Users|private|var/folders|opt|usr|mnt|srv|scratch)(?=/)[^\s\'"`)\]]*'
@@ -52,8 +53,23 @@ def _markdown_outputs(path:Path):
         if line.startswith('    '): block.append(line[4:])
         elif block: yield '\n'.join(block); block = []
 
+def help_texts():
+    "(where, text) of `pneumonia_nb --help` and of each command's --help."
+    run = lambda *a: subprocess.run([sys.executable, '-m', 'pneumonia_nb', *a, '--help'], capture_output=True, text=True)
+    top = run()
+    yield 'pneumonia_nb --help', top.stdout + top.stderr
+    listed = top.stdout.split('positional arguments:')[-1].split('options:')[0]
+    commands = re.findall(r'^    (\w+)', listed, flags=re.M)
+    if not commands: yield 'pneumonia_nb --help', 'no commands listed <class unreadable help>'   # a finding, not a silent pass
+    for c in commands:
+        r = run(c); yield f'pneumonia_nb {c} --help', r.stdout + r.stderr
+
 def main(args)->int:
     names, n = _names(), 0
+    if not args:
+        for where, text in help_texts():
+            found = problems(text, names) + [('escaped percent sign', m.group(0)) for m in re.finditer(r'.{0,30}%%.{0,10}', text)]
+            for what, excerpt in found: n += 1; print(f'{where}: {what}: {excerpt.strip()[:160]}')
     for f in _files(args):
         if f.suffix == '.md': items = [(f'output block {i}', t) for i, t in enumerate(_markdown_outputs(f))]
         else:
@@ -63,6 +79,6 @@ def main(args)->int:
             for what, excerpt in problems(text, names):
                 n += 1; print(f'{f}: {where}: {what}: {excerpt.strip()[:160]}')
     if n: print(f'{n} problem(s) in stored outputs'); return 1
-    print('stored outputs: no machine paths, names, warnings or object reprs'); return 0
+    print('stored outputs' + ('' if args else ' and --help') + ': no machine paths, names, warnings or object reprs'); return 0
 
 if __name__ == '__main__': sys.exit(main(sys.argv[1:]))

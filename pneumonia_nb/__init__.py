@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 # `tune` names a module and the function in it: Python's import system serves the module (`pneumonia_nb.tune`), and
 # the function is `pneumonia_nb.tune.tune`, so `from pneumonia_nb import tune` always gives the same thing.
 STAGES = dict(RunConfig='config', recipe='config', load_config='config', save_config='config',
-              make_demo_dataset='demo', preprocess='cache', load_manifest='cache', export_folder='cache',
+              make_demo_dataset='demo', preprocess='cache', load_manifest='cache', cache_settings='cache', export_folder='cache',
               train='training', cross_validate='training', evaluate='evaluation', evaluate_dataset='evaluation',
               load_classifier='checkpoints', load_model='checkpoints', load_ensemble='checkpoints', checkpoint_files='checkpoints',
               EnsembleContract='checkpoints', ENSEMBLE_FILE='checkpoints', predict_files='inference', export_model='inference',

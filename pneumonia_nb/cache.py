@@ -14,8 +14,8 @@ import pandas as pd
 from fastcore.parallel import num_cpus
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'LOCK_NAME', 'image_file', 'PreprocessResult', 'load_manifest', 'load_stats', 'CacheError',
-           'preprocess', 'export_folder']
+__all__ = ['CACHE_VERSION', 'LOCK_NAME', 'image_file', 'PreprocessResult', 'load_manifest', 'load_stats', 'cache_settings',
+           'CacheError', 'preprocess', 'export_folder']
 
 # %% ../nbs/02c_cache.ipynb #bd684c58
 from .config import DISK_FULL, PneumoniaError, PreprocessConfig, atomic_write, disk_full_message, output_lock
@@ -134,6 +134,15 @@ def _train_stats(m:pd.DataFrame)->tuple:
     "Mean and std of pixel values/255 over the train split, from the per-image moments."
     t = m[m.split == 'train'] if (m.split == 'train').any() else m
     mean = float(t.px_mean.mean()); return mean, float(np.sqrt(max(t.px_sqmean.mean() - mean**2, 0)))
+
+# %% ../nbs/02c_cache.ipynb #a381c414
+_SETTINGS = dict(size='size', split='split', val_frac='val_frac', test_frac='test_frac', folds='folds', split_seed='seed')   # PreprocessConfig field: stats.json key
+
+def cache_settings(cache, # a cache folder written by `preprocess`
+                  )->dict: # {PreprocessConfig field: the value the cache was made with}
+    "The preprocessing options a cache was made with (those its stats.json records), as `PreprocessConfig` fields."
+    stats = load_stats(cache)
+    return {field: stats[key] for field, key in _SETTINGS.items() if key in stats}
 
 # %% ../nbs/02c_cache.ipynb #79eb7b7f
 def _previous_records(cache:Path, size:int)->dict:

@@ -443,7 +443,9 @@ def load_model(checkpoint, # a checkpoint file; or an ensemble: several checkpoi
               )->tuple: # (model, contract): (`PneumoniaClassifier`, `Contract`) or (`Ensemble`, `EnsembleContract`)
     "One checkpoint through `load_classifier`, an ensemble through `load_ensemble`: what `evaluate`, `predict_files` and `export_model` load."
     if (one := single_checkpoint(checkpoint)) is not None:
-        return load_classifier(one, backbone=backbone, trusted=trusted, map_location=map_location)
+        model, contract = load_classifier(one, backbone=backbone, trusted=trusted, map_location=map_location)
+        model.loaded_from = Path(one)   # so that a report on the loaded pair still names its file
+        return model, contract
     return load_ensemble(checkpoint, backbone=backbone, trusted=trusted, map_location=map_location)
 
 # %% ../nbs/04a_checkpoints.ipynb #112ee7b2
@@ -490,7 +492,7 @@ def loaded_model(checkpoint, # a checkpoint, an ensemble (see `load_model`), or 
     "(model, contract, path): `checkpoint` read once here (`load_model`), or the pair already loaded; path: the checkpoint or ensemble file, if any."
     model, contract = checkpoint if _is_loaded(checkpoint) else load_model(checkpoint, trusted=trusted, map_location=device)
     if isinstance(contract, EnsembleContract): return model, contract, contract.source
-    return model, contract, None if _is_loaded(checkpoint) else single_checkpoint(checkpoint)
+    return model, contract, getattr(model, 'loaded_from', None) if _is_loaded(checkpoint) else single_checkpoint(checkpoint)
 
 def model_input(images:np.ndarray, # uint8 (N,S,S) images as the cache holds them
                 model, contract)->torch.Tensor:

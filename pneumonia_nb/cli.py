@@ -207,7 +207,8 @@ def _parse(command:str, argv:list)->tuple:
     groups, name = _COMMANDS[command][2], 'default'
     if groups == _TRAINING:
         first = _parser(command, probe=True).parse_args(argv)
-        name = first.recipe or ('default' if first.data or first.cache else 'demo')
+        asks_help = any(a in ('-h', '--help') for a in argv)   # help shows the default recipe's values; --recipe's help says what demo changes
+        name = first.recipe or ('default' if first.data or first.cache or asks_help else 'demo')
     p = _parser(command)
     p.set_defaults({f'{g}.{k}': v for g in groups for k, v in dataclasses.asdict(getattr(recipe(name), g)).items()})
     args = p.parse_args(argv)
@@ -243,6 +244,7 @@ def _cache_for(args, cfg:RunConfig, out:Path):
         return _preprocess_from(cfg.data, out/'cache', cfg, args)
     if cfg.cache is not None:
         if not (Path(cfg.cache)/'manifest.csv').is_file(): raise ConfigError('cache', f'{cfg.cache}: no cache there (no manifest.csv); run pneumonia_nb preprocess first')
+        _check_cache_options(args, cfg)
         return Path(cfg.cache)
     print('== demo dataset'); data = _demo(Namespace(out=out/'demo_data', quiet=args.quiet), cfg)
     return _preprocess_from(data, out/'cache', cfg, args)
@@ -259,6 +261,16 @@ def _train_from(args, cfg:RunConfig, cache, out:Path, resume=None):
 def _train(args, cfg:RunConfig):
     out = Path(args.out)
     _train_from(args, cfg, _cache_for(args, cfg, out), out, resume=args.resume)
+
+# %% ../nbs/08_cli.ipynb #772887e4
+def _check_cache_options(args, cfg:RunConfig):
+    "A --preprocess option given with --cache cannot change the cache: refused unless it is what the cache was made with."
+    made, chosen, default = _lazy('cache_settings')(cfg.cache), cfg.preprocess, recipe(args.recipe or 'default').preprocess
+    for field, value in made.items():
+        given = chosen.test_share if field == 'test_frac' else getattr(chosen, field)
+        if getattr(chosen, field) != getattr(default, field) and given != value:
+            raise ConfigError(f'preprocess.{field}', f'{given} cannot apply: the cache {args.cache} was made with {value}; '
+                                                     'give --data to preprocess anew, or leave the option out')
 
 # %% ../nbs/08_cli.ipynb #82e6d52d
 def _ckpt(args):

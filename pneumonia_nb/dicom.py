@@ -370,7 +370,8 @@ def _dcmread(path)->pydicom.Dataset:
 # %% ../nbs/02_dicom.ipynb #a1aad4cb
 def _checked_header(path, ds:pydicom.Dataset)->dict:
     "`read_header` of `ds`, after `_check_pixels`; a header value that cannot be converted is a `DicomError`."
-    try: header = read_header(ds); _check_pixels(path, ds)
+    try:
+        with _quiet_pydicom(): header = read_header(ds); _check_pixels(path, ds)   # pydicom converts values when read: a bad one is the error below, not a warning too
     except DicomError: raise
     except Exception as e: raise DicomError(path, f'a header value cannot be read ({type(e).__name__}: {e})') from None
     return header

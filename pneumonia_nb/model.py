@@ -65,6 +65,11 @@ def _cache_file(name:str) -> Path:
     "Where torch hub keeps the ImageNet weights file of backbone `name`"
     return Path(torch.hub.get_dir())/'checkpoints'/Path(urlparse(_default_weights(name).url).path).name
 
+def _shown(path:Path) -> str:
+    "A path for a message: under the home folder as `~/…`, as a person would type it."
+    try: return str(Path('~')/Path(path).relative_to(Path.home()))
+    except ValueError: return str(path)
+
 # %% ../nbs/04_model.ipynb #b04c0005
 @contextmanager
 def _socket_timeout(seconds:float):
@@ -119,7 +124,7 @@ def _pretrained_mode(pretrained) -> str:
 
 def _missing_weights_help(name:str) -> str:
     f = _cache_file(name)
-    return (f"To use them, put {f.name} (from {_default_weights(name).url}) in {f.parent}/ "
+    return (f"To use them, put {f.name} (from {_default_weights(name).url}) in {_shown(f.parent)}/ "
             f"or pass --model.weights PATH.")
 
 # %% ../nbs/04_model.ipynb #b04c0009
@@ -141,7 +146,7 @@ def build_backbone(name:str='resnet18', # one of `BACKBONES`
             reason = f'{type(e).__name__}: {e}'
             if mode == 'imagenet':
                 raise RuntimeError(f"pretrained='imagenet' but the ImageNet weights of {name} could not be loaded "
-                                   f"({reason}). Expected the file {_cache_file(name)}. "
+                                   f"({reason}). Expected the file {_shown(_cache_file(name))}. "
                                    + _missing_weights_help(name)) from None
             warnings.warn(f"ImageNet weights of {name} are not available ({reason.split(':')[0]}): the model starts from RANDOM "
                           f"weights. {_missing_weights_help(name)} --model.pretrained none trains from scratch without this warning.",

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_training.ipynb #8a7efaf5
 from __future__ import annotations
-import dataclasses, json, logging, os, sys, time, warnings
+import dataclasses, json, logging, os, signal, sys, threading, time, warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +19,13 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torchvision.utils import make_grid
 
 from .config import CheckpointError, PneumoniaError, RunConfig, ThresholdRecord, is_interactive
-from .config import atomic_write, output_lock, resolve_device, save_config
-from .cache import load_manifest, load_stats
+from .config import atomic_write, output_lock, refuse_inputs, resolve_device, save_config
+from .cache import cache_settings, load_manifest, load_stats
 from .dataset import PneumoniaDataModule, load_images
 from .model import PneumoniaClassifier
 from .checkpoints import ENSEMBLE_FILE, Contract, check_weights, encode_patients, load_checkpoint, load_classifier
 from .checkpoints import predict_images, read_contract, save_classifier, weights_digest, write_ensemble
-from .metrics import pooled_metrics, threshold_metrics, threshold_record
+from .metrics import auroc, average_precision, pooled_metrics, threshold_metrics, threshold_record
 
 # %% auto #0
 __all__ = ['resolve_precision', 'TrainingDiverged', 'AugmentedImages', 'TrainResult', 'train', 'Fold', 'FoldCallback',
@@ -52,6 +52,21 @@ class _StopOnNonFinite(Callback):
         if loss is not None and not torch.isfinite(loss).all():
             raise TrainingDiverged('optim.lr', f'the training loss became {float(loss)} in epoch {trainer.current_epoch}: '
                                    f'the run diverged (learning rate {pl_module.hparams.lr}); lower the learning rate')
+
+# %% ../nbs/05_training.ipynb #a6fa2ebb
+class _Interrupt(Callback):
+    "Remember Ctrl-C (SIGINT) during a run and raise `KeyboardInterrupt` again at the next batch end, in case Python dropped the first."
+    def __init__(self): self.hit, self._previous = False, None
+    def _on_sigint(self, signum, frame): self.hit = True; raise KeyboardInterrupt
+    def setup(self, trainer, pl_module, stage:str):
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+    def teardown(self, trainer, pl_module, stage:str):
+        if self._previous is not None: signal.signal(signal.SIGINT, self._previous); self._previous = None
+    def on_train_batch_end(self, *args):
+        if self.hit: raise KeyboardInterrupt
+    def on_validation_batch_end(self, *args):
+        if self.hit: raise KeyboardInterrupt
 
 # %% ../nbs/05_training.ipynb #765189c9
 def _sample_images(loader, n:int)->torch.Tensor:
@@ -211,14 +226,35 @@ def _validation_threshold(model:PneumoniaClassifier, rows, cfg:RunConfig, device
     rec = _threshold_or_none(y, p, cfg, 'val', 'train')
     return rec, {} if rec is None else threshold_metrics(y, p, rec.value), threshold_metrics(y, p, 0.5)
 
+# %% ../nbs/05_training.ipynb #514edf51
+class _RunCheckpoint(ModelCheckpoint):
+    "A `ModelCheckpoint` that follows its run folder: resumed in a folder that was moved or copied, the paths it remembers are re-rooted in the new one."
+    def load_state_dict(self, state_dict:dict):
+        old = state_dict.get('dirpath')
+        if old is not None and self.dirpath is not None and old != self.dirpath:
+            here = lambda p: str(Path(self.dirpath)/Path(p).name) if p else p   # derived from the file name, not trusted
+            state_dict = dict(state_dict, dirpath=self.dirpath, best_model_path=here(state_dict.get('best_model_path')),
+                              kth_best_model_path=here(state_dict.get('kth_best_model_path')), last_model_path=here(state_dict.get('last_model_path')),
+                              best_k_models={here(k): v for k, v in (state_dict.get('best_k_models') or {}).items()})
+        super().load_state_dict(state_dict)
+
+# %% ../nbs/05_training.ipynb #2dff6de8
+def _clear_earlier_run(out:Path, cfg:RunConfig)->list:
+    "A new run (not a resumed one) into a folder holding an earlier run: the earlier checkpoints and metrics go first, so the folder never mixes two runs' files, even when this one is interrupted."
+    earlier = [f for f in (out/'checkpoints'/'best.ckpt', out/'checkpoints'/'last.ckpt', out/'metrics.json') if f.exists()]
+    if cfg.model.weights: refuse_inputs(earlier, [cfg.model.weights], 'earlier checkpoint')
+    for f in earlier: f.unlink()
+    if earlier: print(f'{out}: replaces the earlier run there ({", ".join(str(f.relative_to(out)) for f in earlier)})')
+    return earlier
+
 # %% ../nbs/05_training.ipynb #583f01c4
 def _callbacks(out:Path, cfg:RunConfig, dm:PneumoniaDataModule, progress:bool, log_images:bool, extra:list)->tuple:
     "(the best checkpoint's callback, every Lightning callback of the run)."
     o = cfg.optim
-    best_cb = ModelCheckpoint(dirpath=out/'checkpoints', filename='best', monitor='val/auroc', mode='max', save_weights_only=True,
+    best_cb = _RunCheckpoint(dirpath=out/'checkpoints', filename='best', monitor='val/auroc', mode='max', save_weights_only=True,
                               auto_insert_metric_name=False, enable_version_counter=False)
-    last_cb = ModelCheckpoint(dirpath=out/'checkpoints', filename='last', monitor=None, save_top_k=1, enable_version_counter=False)
-    callbacks = [best_cb, last_cb, LearningRateMonitor('step'), _StopOnNonFinite(), *extra]
+    last_cb = _RunCheckpoint(dirpath=out/'checkpoints', filename='last', monitor=None, save_top_k=1, enable_version_counter=False)
+    callbacks = [best_cb, last_cb, LearningRateMonitor('step'), _StopOnNonFinite(), _Interrupt(), *extra]
     if log_images: callbacks.append(AugmentedImages())
     if o.early_stopping: callbacks.append(EarlyStopping('val/auroc', mode='max', patience=o.early_stopping))
     if progress: callbacks.append(_progress_callback(len(dm.train_rows), o.batch_size))
@@ -238,11 +274,13 @@ def train(cache, # cache folder written by `preprocess`
     "Train a `PneumoniaClassifier` on a cache; keep the best and the last checkpoint; choose and store the operating threshold."
     t0 = time.time()
     cfg = (config or RunConfig()).override(**overrides)
+    cfg = dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, **cache_settings(cache)))   # config.yaml records what the cache holds
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     ckpt_path = str(out/'checkpoints'/'last.ckpt') if resume == 'last' else resume
     if ckpt_path is not None and not Path(ckpt_path).exists(): raise FileNotFoundError(f'{ckpt_path}: no checkpoint to resume from')
     if ckpt_path is not None: _check_resume(ckpt_path, cfg)
     with output_lock(out, 'another train run') if _first_process() else nullcontext():
+        if ckpt_path is None and _first_process(): _clear_earlier_run(out, cfg)
         return _train(cache, out, cfg, ckpt_path, progress, log_images, limit_batches, t0, callbacks or [])
 
 # %% ../nbs/05_training.ipynb #40b7e48c
@@ -352,15 +390,18 @@ class CVResult:
     pooled: dict
     threshold: ThresholdRecord|None = None # the ensemble's operating threshold, chosen on the pooled out-of-fold predictions (None: one class only)
     ensemble: Path|None = None # the ensemble file: the fold models and that threshold
+    select: str = 'last' # the model that predicted each fold: 'last' epoch, or 'best' (chosen on that fold: optimistic)
     def summary(self)->str:
-        cols = ['auroc', 'average_precision', 'accuracy', 'recall', 'specificity']
-        per = [f'  {c:12} {self.folds[c].mean():.4f} ± {self.folds[c].std(ddof=1):.4f}' for c in cols if c in self.folds]
+        per = [f'  {c:22} {self.folds[c].mean():.4f} ± {self.folds[c].std(ddof=1):.4f}' for c in ('auroc', 'average_precision') if c in self.folds]
         t = self.threshold
         thr = (f'ensemble operating threshold {t.value:.4f} ({t.method}' + (f' {t.target}' if t.target is not None else '')
                + f', chosen on the pooled out-of-fold predictions, {t.n} patients)' if t is not None else
                'no ensemble threshold: the out-of-fold predictions have patients of one class only')
-        return '\n'.join([f'{len(self.folds)}-fold cross-validation, per fold (mean ± sd):', *per,
-                          'pooled out-of-fold predictions:', *[f'  {k:22} {v:.4f}' for k, v in self.pooled.items()], thr]
+        head = (f'{len(self.folds)}-fold cross-validation: pooled out-of-fold predictions ({len(self.oof)} patients, each predicted by the '
+                f'{self.select} model of the fold that did not train on it)' + (':' if self.select == 'last' else
+                '; OPTIMISTIC: each model was the epoch that scored best on the very fold it predicts (select="last" is not):'))
+        return '\n'.join([head, *[f'  {k:22} {v:.4f}' for k, v in self.pooled.items()],
+                          'the same predictions, fold by fold (mean ± sd):', *per, thr]
                          + ([f'ensemble     {self.ensemble}   (evaluate, predict and export take its folder as --ckpt)'] if self.ensemble else []))
 
 # %% ../nbs/05_training.ipynb #0db7b993
@@ -379,11 +420,12 @@ def cross_validate(cache, # cache folder written by `preprocess`
     if select not in ('last', 'best'): raise ValueError(f"select must be 'last' or 'best', not {select!r}")
     if not 2 <= folds <= k_all: raise ValueError(f'folds must be between 2 and {k_all} (the folds in {cache}), not {folds}')
     ran = run_folds(cache, out, cfg, list(range(folds)), select, manifest=m, progress=progress, log_images=log_images, limit_batches=limit_batches)
-    rows = [{'fold': f.fold, **{n.split('/', 1)[1]: v for n, v in f.result.metrics.items() if n.startswith('val/')}} for f in ran.folds]
+    rows = [dict(fold=f.fold, patients=len(f.predictions), auroc=auroc(f.predictions.Target, f.predictions.probability),
+                 average_precision=average_precision(f.predictions.Target, f.predictions.probability)) for f in ran.folds]   # what the pooled figures are made of
     oof, pooled = ran.oof, ran.pooled
     thr = _threshold_or_none(oof.Target, oof.probability, cfg, 'oof', 'cross_validate')
     ens = write_ensemble(out/ENSEMBLE_FILE, [f.checkpoint for f in ran.folds], thr, n=len(oof), digests=[f.digest for f in ran.folds], oof=out/'oof.csv', by='cross_validate')
-    res = CVResult(pd.DataFrame(rows), oof, pooled, thr, ens)
-    atomic_write(out/'cv.json', json.dumps(dict(folds=rows, pooled=pooled, threshold=None if thr is None else dataclasses.asdict(thr),
+    res = CVResult(pd.DataFrame(rows), oof, pooled, thr, ens, select)
+    atomic_write(out/'cv.json', json.dumps(dict(pooled=pooled, folds=rows, select=select, optimistic=select == 'best', threshold=None if thr is None else dataclasses.asdict(thr),
                                                 ensemble=ENSEMBLE_FILE), indent=2))
     return res

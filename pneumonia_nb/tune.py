@@ -181,7 +181,10 @@ def open_storage(storage:str|None, # None: OUT/study.journal; a file path: a jou
         path.parent.mkdir(parents=True, exist_ok=True)
         try: return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
         except OSError as e: raise PneumoniaError(path, f'cannot open the study file: {e.strerror or e}') from None
-    try: return optuna.storages.RDBStorage(storage, heartbeat_interval=60, grace_period=180)
+    try:
+        with warnings.catch_warnings():   # heartbeats mark a dead worker's trial failed; Optuna calls them experimental, and they are chosen knowingly
+            warnings.filterwarnings('ignore', category=optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(storage, heartbeat_interval=60, grace_period=180)
     except Exception as e:   # SQLAlchemy's errors (bad URL, unreachable server, missing driver) are many kinds
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise PneumoniaError('--storage', f'cannot open the study database {_masked(storage)}: {first}') from None
@@ -311,10 +314,12 @@ class TuneResult:
         s = [f'study {self.study!r} in {self.storage}: {len(self.trials)} trials ({", ".join(f"{n} {k.lower()}" for k, n in st.items())}); '
              f'{self.ran} ran now, in {self.seconds:.0f} s']
         if self.best_value is None: return '\n'.join(s + ['no trial has completed yet'])
-        s.append(f'best pooled out-of-fold AUROC {self.best_value:.4f}' + ('' if self.start_value is None else f' (the starting configuration, trial 0: {self.start_value:.4f})'))
-        s.append(f'best options  {_fmt(self.best_params)}')
-        if self.final is not None:
+        if self.final is not None:   # first: the figure that holds on new patients
             for r in self.final.itertuples(): s.append(f'test split ({r.patients} patients, never seen by the search), {r.configuration}: AUROC {r.auroc}')
+        n = int((self.trials.state == 'COMPLETE').sum())
+        s.append(f'best pooled out-of-fold AUROC {self.best_value:.4f} (optimistic: the best of {n} complete trial(s), chosen on these same predictions)'
+                 + ('' if self.start_value is None else f'; the starting configuration, trial 0: {self.start_value:.4f}'))
+        s.append(f'best options  {_fmt(self.best_params)}')
         return '\n'.join(s + [f'config       {self.best_config}', f'report       {self.out/"report.md"}'])
 
 # %% ../nbs/10_tune.ipynb #949d5fdb
@@ -429,7 +434,12 @@ def _plots(study, out:Path)->tuple:
     vis = importlib.import_module('optuna.visualization.matplotlib')
     notes, imp = {}, {}
     done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-    try: imp = optuna.importance.get_param_importances(study)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            imp = optuna.importance.get_param_importances(study)
+        if any('too small to compute importances' in str(w.message) for w in caught):   # Optuna then makes them all equal: no information
+            imp, notes['importances.png'] = {}, f'no importances yet: {len(done)} complete trial(s) are too few'
     except (RuntimeError, ValueError) as e: notes['importances.png'] = f'no importances yet ({e})'
     top = list(imp)[:4] or list(done[0].params)[:4] if done else []
     for name, draw in (('history.png', lambda: vis.plot_optimization_history(study)),
@@ -495,7 +505,7 @@ def _report(res:TuneResult, space:dict, notes:dict, imp:dict, st)->str:
              f'(folds {st.user_attrs["setup"]["folds"]}); the test split is not used by any trial.', '',
              '| trials | complete | pruned | failed | running |', '|---|---|---|---|---|',
              f'| {len(df)} | ' + ' | '.join(str(int((df.state == s).sum())) for s in ('COMPLETE', 'PRUNED', 'FAIL', 'RUNNING')) + ' |', '',
-             f'Best: trial {st.best_trial.number}, pooled out-of-fold AUROC **{res.best_value:.4f}**'
+             f'Best: trial {st.best_trial.number}, pooled out-of-fold AUROC {res.best_value:.4f} (optimistic)'
              + ('' if res.start_value is None else f'; the starting configuration (trial 0): {res.start_value:.4f}') + '.',
              'The best of many noisy trials is optimistic: the test split below is the number to quote.', '',
              '| option | best value | importance |', '|---|---|---|']

@@ -12,11 +12,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['CAM_FRACTION', 'CAM_MIN_AREA', 'CAM_MAX_BOXES', 'activation_maps', 'cam_regions', 'cam_boxes', 'prior_template',
-           'template_boxes', 'prediction_string', 'boxes_json']
+__all__ = ['CAM_FRACTION', 'CAM_MIN_AREA', 'CAM_MAX_BOXES', 'activation_maps', 'cam_regions', 'cam_boxes', 'image_boxes',
+           'to_original', 'prior_template', 'template_boxes', 'prediction_string', 'boxes_json']
 
 # %% ../nbs/06a_boxes.ipynb #8f79928d
-from .checkpoints import Ensemble
+from .checkpoints import Ensemble, model_input
 from .metrics import BoxError, check_boxes
 
 # %% ../nbs/06a_boxes.ipynb #4b3ac461
@@ -84,6 +84,30 @@ def cam_boxes(maps, # (B,rows,cols) class-activation maps at the model's input s
         check_boxes([b[1:] for b in bx], 'a box from the class-activation map', size=tuple(shape))
         out.append(bx)
     return out
+
+# %% ../nbs/06a_boxes.ipynb #a6c58502
+def image_boxes(model, # a `PneumoniaClassifier` or `Ensemble` in eval mode
+                images:np.ndarray, # uint8 (N,S,S) images as the cache holds them
+                contract, # the model's contract (its normalisation)
+                threshold:float, # the operating threshold
+                shapes, # (rows, cols) of each original image
+                batch_size:int=64, **kwargs, # `kwargs`: `cam_boxes`'s fraction, min_area, max_boxes
+               )->tuple: # (probabilities (N,), per image [[confidence, x, y, width, height], ...])
+    "Probabilities and CAM boxes (in the original images' pixels) of cached images."
+    probs, boxes = [], []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            logits, maps = activation_maps(model, model_input(images[i:i + batch_size], model, contract))
+            p = torch.sigmoid(logits.float()).cpu().numpy(); probs.append(p)
+            boxes += cam_boxes(maps, p, threshold, shapes[i:i + batch_size], **kwargs)
+    return (np.concatenate(probs) if probs else np.zeros(0, np.float32)), boxes
+
+def to_original(boxes, # [[x, y, width, height], ...] in cache pixels
+                size:int, # the cache's side
+                shape:tuple, # (rows, cols) of the original image
+               )->list:
+    "Boxes from a size×size cache image to the original image's pixels."
+    return [[x * shape[1] / size, y * shape[0] / size, w * shape[1] / size, h * shape[0] / size] for x, y, w, h in boxes]
 
 # %% ../nbs/06a_boxes.ipynb #9f51a8ba
 def prior_template(boxes_list, # each training positive's boxes, [[x, y, width, height], ...]

@@ -264,7 +264,7 @@ def predict_files(checkpoint, # a checkpoint written by `train` (its contract gi
                   backbone:str|None=None, # insist on this backbone; None accepts the checkpoint's
                   allow_seen:bool=False, # predict patients the model trained or chose its threshold on (marked in column `seen_by_model`)
                   boxes:bool=True, # each image's boxes from the class-activation map, column `boxes`: JSON [[confidence, x, y, width, height], ...] in the original image's pixels, [] for negatives
-                  submission=None, # also write the challenge's submission CSV here: patientId,PredictionString, one row per patient scored
+                  submission:str|None=None, # also write the challenge's submission CSV here: patientId,PredictionString, one row per patient scored
                  )->PredictionResult:
     "Probability of lung opacity for every image in `paths`, and the decision at the checkpoint's threshold."
     t0 = time.time()

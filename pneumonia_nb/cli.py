@@ -64,7 +64,7 @@ def _from_library(p:ArgumentParser, name:str, *params, **renamed):
         kw = dict(action='store_true') if default is False else dict(type=eval(ast.unparse(ann), {'Path': Path}), default=default)
         p.add_argument(f'--{opt}', help=_sentence(note), **kw)
 
-_PASSED = {'predict_files': ('batch_size', 'device', 'workers', 'allow_seen'),   # the options a command passes on as they are
+_PASSED = {'predict_files': ('batch_size', 'device', 'workers', 'allow_seen', 'boxes', 'submission'),   # the options a command passes on as they are
            'tune': ('trials', 'epochs', 'timeout', 'folds', 'fold', 'space', 'storage', 'study', 'final', 'prune', 'seed')}
 def _passed(args, name:str)->dict: return {k: args[k] for k in _PASSED[name]}
 
@@ -174,7 +174,9 @@ _COMMANDS = {   # name: (one line, what it does, the groups of `RunConfig` it ta
                  "original example's protocol: its validation split at 0.5, labelled as such. An ensemble is evaluated as one model.", ['evaluate']),
     'predict': ('predict new studies (DICOM, PNG, JPEG) into a CSV', 'Predict DICOM files or folders (also PNG/JPEG) with a checkpoint, using '
                 'the training preprocessing and the operating threshold stored with the model. Writes a CSV with patientId, probability, '
-                'prediction, threshold, file; unreadable files are listed with the reason (and in OUT_errors.csv) and do not stop the run.', []),
+                "prediction, threshold, file and boxes (JSON: each positive's boxes from the class-activation map, in the original image's pixels); "
+                "with --submission FILE also the challenge's submission (patientId,PredictionString); unreadable files are listed with the "
+                'reason (and in OUT_errors.csv) and do not stop the run.', []),
     'export': ('export a checkpoint (or an ensemble) to TorchScript and ONNX', 'Export a checkpoint, or an ensemble as one model that averages '
                "its members, to TorchScript (model.pt) and ONNX (model.onnx) with the input contract (contract.json): the normalisation (each "
                "member's own) is inside the exported model.", []),

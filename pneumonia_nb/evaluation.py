@@ -24,14 +24,18 @@ from .checkpoints import weights_digest, write_ensemble
 # %% auto #0
 __all__ = ['AGE_BANDS', 'calibrate_threshold', 'plot_curves', 'plot_reliability', 'plot_confusion', 'plot_scores',
            'subgroup_table', 'cam_layer', 'grad_cam', 'box_mask', 'centre_prior', 'box_prior', 'localization_scores',
-           'localization_summary', 'cam_gallery', 'EvaluationResult', 'evaluate', 'evaluate_dataset']
+           'localization_summary', 'cam_gallery', 'box_table', 'box_gallery', 'EvaluationResult', 'evaluate',
+           'evaluate_dataset']
 
 # %% ../nbs/06_evaluation.ipynb #8a1ad1f8
 from .config import progress_bar
 
 # %% ../nbs/06_evaluation.ipynb #fc3cd0f8
 from .metrics import as_arrays, auroc, average_precision, brier_score, calibration_bins, ci_text, confusion
-from .metrics import expected_calibration_error, metric_table, pr_points, roc_points, threshold_metrics, threshold_record
+from .metrics import expected_calibration_error, image_scores, mean_ci, metric_table, pr_points, roc_points, threshold_metrics, threshold_record
+
+# %% ../nbs/06_evaluation.ipynb #89df4f57
+from .boxes import boxes_json, image_boxes, prior_template, template_boxes, to_original
 
 # %% ../nbs/06_evaluation.ipynb #2dabe95f
 def calibrate_threshold(checkpoint, # a checkpoint written by `train`, an ensemble (see `load_model`), or a loaded `(model, contract)`
@@ -196,20 +200,12 @@ def localization_scores(maps:np.ndarray, # (N,S,S) maps, or one (S,S) map used f
     return pd.DataFrame(rows)
 
 # %% ../nbs/06_evaluation.ipynb #9c46eb11
-def _mean_ci(v:np.ndarray, n_resamples:int=2000, seed:int=0)->tuple:
-    v = np.asarray(v, float); v = v[~np.isnan(v)]
-    if len(v) < 2 or not n_resamples: return (float(v.mean()) if len(v) else float('nan'), float('nan'), float('nan'))
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        ci = bootstrap((v,), np.mean, n_resamples=n_resamples, method='percentile', random_state=np.random.default_rng(seed)).confidence_interval
-    return float(v.mean()), float(ci.low), float(ci.high)
-
 def localization_summary(scores:dict, # name → `localization_scores` frame, same images in each
                          n_resamples:int=2000)->pd.DataFrame:
     "Pointing-game hit rate and mean energy inside the boxes of each map, with 95% bootstrap intervals."
     rows = []
     for name, s in scores.items():
-        h, e = _mean_ci(s.hit, n_resamples), _mean_ci(s.energy, n_resamples)
+        h, e = mean_ci(s.hit, n_resamples), mean_ci(s.energy, n_resamples)
         rows.append(dict(map=name, images=len(s), pointing_game=h[0], pg_low=h[1], pg_high=h[2], energy_inside=e[0], energy_low=e[1], energy_high=e[2]))
     first = next(iter(scores.values()))
     rows.append(dict(map='uniform (chance)', images=len(first), energy_inside=float(first.box_area.mean())))
@@ -238,6 +234,65 @@ def _gallery_picks(pred:pd.DataFrame, threshold:float, k:int)->list:
     fp = pred[(y == 0) & (p >= threshold)].sort_values('probability', ascending=False).index[:k]
     fn = pred[(y == 1) & (p < threshold)].sort_values('probability').index[:k]
     return [('TP', i) for i in tp] + [('FP', i) for i in fp] + [('FN', i) for i in fn]
+
+# %% ../nbs/06_evaluation.ipynb #a3d9539d
+def box_table(truth:list, # per image, its true boxes [[x, y, width, height], ...]
+              methods:dict, # name → per image [[confidence, x, y, width, height], ...]; the first is the one the others are compared with
+              names=None, # the images' names, for error messages
+              n_resamples:int=2000, seed:int=0,
+             )->pd.DataFrame:
+    "The challenge's metric of each box set with its bootstrap CI, and the paired difference of each from the first."
+    per = {k: image_scores([(t, [b[1:] for b in bs], [b[0] for b in bs]) for t, bs in zip(truth, v)], names) for k, v in methods.items()}
+    first = next(iter(per.values())); rows = []
+    for k, s in per.items():
+        v, lo, hi = mean_ci(s, n_resamples, seed=seed)
+        d = mean_ci(first - s, n_resamples, seed=seed) if s is not first else (float('nan'),) * 3
+        rows.append(dict(boxes=k, images=int((~np.isnan(s)).sum()), predicted_boxes=sum(map(len, methods[k])), challenge_score=v, low=lo, high=hi,
+                         first_minus_this=d[0], diff_low=d[1], diff_high=d[2]))
+    return pd.DataFrame(rows)
+
+# %% ../nbs/06_evaluation.ipynb #6493f2cb
+def box_gallery(images:np.ndarray, # (N,S,S) uint8 images
+                truth:list, # per image, true boxes [[x, y, width, height], ...] in its original pixels
+                pred:list, # per image, predicted boxes [[confidence, x, y, width, height], ...] in its original pixels
+                shapes:list, # (rows, cols) of each original image
+                titles:list, # one title per image
+                ncols:int=4)->plt.Figure:
+    "Images with their true boxes (green) and predicted boxes with confidences (red)."
+    n = len(images); nrows = max(1, math.ceil(n / ncols))
+    fig, axs = plt.subplots(nrows, ncols, figsize=(3 * ncols, 3.2 * nrows), squeeze=False)
+    for ax in axs.flat: ax.axis('off')
+    for ax, img, tb, pb, (r, c), t in zip(axs.flat, images, truth, pred, shapes, titles):
+        sy, sx = img.shape[0] / r, img.shape[1] / c
+        ax.imshow(img, cmap='gray', vmin=0, vmax=255)
+        for x, y, w, h in tb: ax.add_patch(Rectangle((x * sx, y * sy), w * sx, h * sy, fill=False, ec='lime', lw=1.5))
+        for conf, x, y, w, h in pb:
+            ax.add_patch(Rectangle((x * sx, y * sy), w * sx, h * sy, fill=False, ec='red', lw=1.2, ls='--'))
+            ax.text(x * sx, y * sy, f'{conf:.2f}', color='red', fontsize=7, va='bottom')
+        ax.set_title(t, fontsize=8)
+    fig.tight_layout(); return fig
+
+# %% ../nbs/06_evaluation.ipynb #a411b152
+def _priors(m:pd.DataFrame, size:int, split:str)->dict:
+    "kind → template of the lung and centre priors from the training positives' boxes (none for a separate dataset, or without any)."
+    tp = m[(m.split == 'train') & (m.boxes.map(len) > 0)]
+    if split in ('all', 'original') or not len(tp): return {}
+    shapes = list(zip(tp.orig_rows.astype(int), tp.orig_cols.astype(int)))
+    tb = [to_original(b, size, s) for b, s in zip(tp.boxes, shapes)]
+    return {k: prior_template(tb, shapes, k) for k in ('lung', 'centre')}
+
+def _box_scores(model, contract, images:np.ndarray, pred:pd.DataFrame, m:pd.DataFrame, split:str, thr:float, o, figs:dict)->pd.DataFrame|None:
+    "The challenge metric of the CAM boxes and the priors, when the split has boxes (else None); `pred` gains `predicted_boxes`."
+    shapes, size = list(zip(pred.orig_rows.astype(int), pred.orig_cols.astype(int))), images.shape[-1]
+    _, cam = image_boxes(model, images, contract, thr, shapes, o.batch_size)
+    pred['predicted_boxes'] = [boxes_json(b) for b in cam]
+    if not any(len(b) for b in pred.boxes): return None
+    truth = [to_original(b, size, s) for b, s in zip(pred.boxes, shapes)]
+    methods = {'CAM boxes': cam} | {f'{k} prior (training boxes)': template_boxes(t, pred.probability, thr, shapes) for k, t in _priors(m, size, split).items()}
+    if o.cam and (idx := [int(i) for i in np.argsort(-pred.probability.to_numpy())[:2 * o.gallery] if cam[i]]):
+        figs['box_gallery.png'] = box_gallery(images[idx], [truth[i] for i in idx], [cam[i] for i in idx], [shapes[i] for i in idx],
+                                              [f"{'TP' if pred.Target.iloc[i] else 'FP'}  p={pred.probability.iloc[i]:.2f}\n{pred.patientId.iloc[i][:13]}" for i in idx])
+    return box_table(truth, methods, list(pred.patientId), o.n_resamples, o.seed)
 
 # %% ../nbs/06_evaluation.ipynb #5acda7d3
 def _jsonable(v):
@@ -274,6 +329,7 @@ class EvaluationResult:
     localization: pd.DataFrame|None
     predictions: pd.DataFrame
     note: str|None = None # how to read the numbers, when they are not a plain held-out report
+    boxes: pd.DataFrame|None = None # the challenge's metric of the CAM boxes and the priors (`box_table`), when the split has boxes
     def summary(self)->str:
         n, pos = len(self.predictions), int(self.predictions.Target.sum())
         rows = [f'  {k:18} {ci_text(r)}' for k, r in zip(self.metrics.index, self.metrics.itertuples())]
@@ -285,6 +341,8 @@ class EvaluationResult:
         if self.localization is not None and len(self.localization):
             g = self.localization.set_index('map')
             s.append('pointing game (share of positives whose map peaks in a box; beat the priors to count): ' + ', '.join(f'{k} {g.loc[k, "pointing_game"]:.2f}' for k in g.index if not math.isnan(g.loc[k, 'pointing_game'])))
+        if self.boxes is not None:
+            s.append('challenge metric (boxes, 95% CI): ' + ', '.join(f'{r.boxes} {r.challenge_score:.3f} ({r.low:.3f}–{r.high:.3f})' for r in self.boxes.itertuples()))
         s.append(f'report       {self.out/"report.md"}')
         return '\n'.join(s)
 
@@ -349,7 +407,7 @@ class _Options:
     split:str|None; method:str|None; target:float; n_resamples:int; cam:bool; gallery:int; batch_size:int
     device:str; trusted:bool; progress:bool; seed:int; allow_seen:bool; save_checkpoint:object
 
-_OUTPUTS = ('metrics.json', 'predictions.csv', 'report.md', 'curves.png', 'reliability.png', 'confusion.png', 'scores.png', 'cam_gallery.png')
+_OUTPUTS = ('metrics.json', 'predictions.csv', 'report.md', 'curves.png', 'reliability.png', 'confusion.png', 'scores.png', 'cam_gallery.png', 'box_gallery.png')
 
 # %% ../nbs/06_evaluation.ipynb #0834384d
 def _keep_threshold(model, contract, ckpt_path, thr:ThresholdRecord, path):
@@ -400,6 +458,7 @@ def _record(res:EvaluationResult, cache:Path, ckpt_path, contract, seen:int, o:_
                 positives=int(y.sum()), threshold=res.threshold, confusion=confusion(y, p, thr), n_resamples=o.n_resamples, confidence=0.95,
                 metrics=res.metrics.to_dict('index'), metrics_at_0_5=res.metrics_at_half.to_dict('index'), subgroups=res.subgroups.to_dict('records'),
                 localization=None if res.localization is None else res.localization.to_dict('records'), gallery=gallery,
+                boxes=None if res.boxes is None else res.boxes.to_dict('records'),
                 date=datetime.datetime.now().isoformat(timespec='seconds'), files=files)
 
 # %% ../nbs/06_evaluation.ipynb #f1c49812
@@ -418,11 +477,12 @@ def _evaluate(checkpoint, cache:Path, out:Path, o:_Options)->EvaluationResult:
     figs = {'curves.png': plot_curves(y, p, thr), 'reliability.png': plot_reliability(y, p),
             'confusion.png': plot_confusion(y, p, thr), 'scores.png': plot_scores(y, p, thr)}
     loc, gallery = _where_it_looks(model, contract, images, pred, m, split, thr, o, figs)
+    boxes = _box_scores(model, contract, images, pred, m, split, thr, o, figs)
     for name, fig in figs.items(): _save_fig(fig, out/name)
-    write_csv(out/'predictions.csv', pred[[c for c in ('patientId', 'Target', 'probability', 'prediction', 'view', 'sex', 'age') if c in pred]])
+    write_csv(out/'predictions.csv', pred[[c for c in ('patientId', 'Target', 'probability', 'prediction', 'predicted_boxes', 'view', 'sex', 'age') if c in pred]])
     note = _ORIGINAL if split == 'original' else (f'{seen} of these patients trained this model or chose its threshold: the numbers are optimistic' if seen else None)
     res = EvaluationResult(out, split, dataclasses.asdict(thr_rec), metric_table(y, p, thr, o.n_resamples, seed=o.seed),
-                           metric_table(y, p, 0.5, o.n_resamples, seed=o.seed), subgroup_table(pred, thr), loc, pred, note)
+                           metric_table(y, p, 0.5, o.n_resamples, seed=o.seed), subgroup_table(pred, thr), loc, pred, note, boxes)
     record = _record(res, cache, ckpt_path, contract, seen, o, gallery, sorted(figs) + ['predictions.csv', 'report.md'])
     atomic_write(out/'metrics.json', json.dumps(_jsonable(record), indent=2))
     atomic_write(out/'report.md', _report(res, record))
@@ -479,7 +539,20 @@ def _report(res:EvaluationResult, rec:dict)->str:
             lines += ['![Grad-CAM gallery: true positives, false positives, false negatives](cam_gallery.png)', '']
         missing = [k for k, n in g.items() if not n]
         if missing: lines += [f"The gallery has no {' and no '.join(missing)}: there are none at this threshold.", '']
+    if res.boxes is not None: lines += _box_report(res)
     return '\n'.join(lines)
+
+def _box_report(res:EvaluationResult)->list:
+    "The report's lines on the boxes: the challenge's metric of the CAM boxes and the priors, and the gallery."
+    b = res.boxes
+    t = pd.DataFrame({'boxes': b.boxes, 'images scored': b.images, 'boxes predicted': b.predicted_boxes,
+                      'challenge metric (95% CI)': [f'{_fmt(r.challenge_score)} ({_fmt(r.low)}–{_fmt(r.high)})' for r in b.itertuples()],
+                      f'{b.boxes.iloc[0]} minus this (95% CI)': ['' if math.isnan(r.first_minus_this) else f'{r.first_minus_this:+.3f} ({r.diff_low:+.3f} to {r.diff_high:+.3f})' for r in b.itertuples()]})
+    lines = ['## Boxes: the challenge metric', '', "The challenge's own score of the boxes given to the predicted positives (mean over IoU thresholds 0.40–0.75 of "
+             'TP/(TP+FP+FN) per image; images with no true box and no predicted box left out), in the original images\' pixels. The priors '
+             "give the same positives the training positives' mean boxes; the last column is the paired bootstrap difference.", '', _md_table(t), '']
+    if (res.out/'box_gallery.png').exists(): lines += ['![True boxes (green) and CAM boxes (red) of the most confident positives](box_gallery.png)', '']
+    return lines
 
 # %% ../nbs/06_evaluation.ipynb #d9ca0ca8
 def _threshold_for_dataset(checkpoint, contract, method:str|None):

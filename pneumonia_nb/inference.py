@@ -24,7 +24,11 @@ from .checkpoints import no_ensemble_threshold, single_checkpoint
 
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'PREDICTION_COLUMNS', 'ImageError', 'read_image', 'expand_paths', 'PredictionResult',
-           'predict_files', 'ExportedClassifier', 'ExportedEnsemble', 'ExportResult', 'export_model']
+           'submission_table', 'predict_files', 'ExportedClassifier', 'ExportedEnsemble', 'ExportResult',
+           'export_model']
+
+# %% ../nbs/07_inference.ipynb #f92f261c
+from .boxes import activation_maps, boxes_json, cam_boxes, prediction_string
 
 # %% ../nbs/07_inference.ipynb #58de0346
 IMAGE_SUFFIXES = ('.dcm', '.dicom', '.png', '.jpg', '.jpeg')
@@ -78,13 +82,15 @@ def _read_picture(path:Path)->np.ndarray:
 
 def read_image(path, # a DICOM, PNG or JPEG file
                size:int, # side of the square output: the checkpoint's `size`
-              )->tuple: # (size×size uint8 image, patientId)
+               shape:bool=False, # also return the original image's (rows, cols)
+              )->tuple: # (size×size uint8 image, patientId), and with `shape` its (rows, cols)
     "An image as the cache would hold it (8-bit, air dark, size×size) and its patientId."
     path = Path(path)
     if _is_dicom(path):
         im = read_dicom(path, size)
-        return im.pixels, (im.header['patientId'] or '').strip() or path.stem
-    return resize_image(_read_picture(path), size), path.stem
+        px, pid, hw = im.pixels, (im.header['patientId'] or '').strip() or path.stem, (im.header['rows'], im.header['cols'])
+    else: img = _read_picture(path); px, pid, hw = resize_image(img, size), path.stem, img.shape[:2]
+    return (px, pid, tuple(map(int, hw))) if shape else (px, pid)
 
 # %% ../nbs/07_inference.ipynb #137a22f0
 def _hidden(f:Path, root:Path)->bool: return any(p.startswith('.') for p in f.relative_to(root).parts)
@@ -108,22 +114,22 @@ def expand_paths(paths, # files and folders: one path or a list
 
 # %% ../nbs/07_inference.ipynb #8f6442f9
 class _ImageFiles(Dataset):
-    "Item i: (i, patientId, uint8 size×size tensor, None), or (i, None, None, error) when the file cannot be read."
+    "Item i: (i, patientId, uint8 size×size tensor, None, original (rows, cols)), or (i, None, None, error, None) when the file cannot be read."
     def __init__(self, files:list, size:int): self.files, self.size = [str(f) for f in files], int(size)
     def __len__(self): return len(self.files)
     def __getitem__(self, i):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')
-                px, pid = read_image(self.files[i], self.size)
-            return i, pid, torch.from_numpy(np.require(px, np.uint8, ['C', 'W'])), None
+                px, pid, hw = read_image(self.files[i], self.size, shape=True)
+            return i, pid, torch.from_numpy(np.require(px, np.uint8, ['C', 'W'])), None, hw
         except Exception as e:
-            return i, None, None, e.problem if isinstance(e, (DicomError, ImageError)) else f'{type(e).__name__}: {e}'
+            return i, None, None, e.problem if isinstance(e, (DicomError, ImageError)) else f'{type(e).__name__}: {e}', None
 
 def _collate(items:list)->dict:
     "The readable images of a batch (uint8 B×S×S, None if none), their indices and patientIds, and the failures."
     ok = [it for it in items if it[3] is None]
-    return dict(index=[it[0] for it in ok], patientId=[it[1] for it in ok],
+    return dict(index=[it[0] for it in ok], patientId=[it[1] for it in ok], shape=[it[4] for it in ok],
                 x=torch.stack([it[2] for it in ok]) if ok else None,
                 failed=[(it[0], it[3]) for it in items if it[3] is not None])
 
@@ -157,6 +163,7 @@ class PredictionResult:
     seconds: float
     seen: int = 0 # images of patients the model trained on or chose its threshold on (predicted only with `allow_seen`)
     model: str = '' # the model in words, when it is an ensemble
+    submission: Path|None = None # the challenge's submission CSV written, if any
     def summary(self)->str:
         n, pos = len(self.predictions), int(self.predictions.prediction.sum())
         s = [f'NOTE: {self.seen} of these images are of patients this model trained on or chose its threshold on (column '
@@ -167,6 +174,8 @@ class PredictionResult:
             s.append(f'failed     {len(self.failed)} file(s) could not be read' + (f', listed in {self.errors_file}' if self.errors_file else '') + ':')
             s += [f'  {f}: {e}' for f, e in self.failed[:10]] + ([f'  ... and {len(self.failed)-10} more'] if len(self.failed) > 10 else [])
         if self.out is not None: s.append(f'written    {self.out}')
+        if self.submission is not None:
+            s.append(f'submission {self.submission}: {n} patient(s)' + (f'; the {len(self.failed)} file(s) that could not be read have no row' if self.failed else ''))
         s.append(f'time       {self.seconds:.1f} s' + (f' ({n/self.seconds:.0f} images/s)' if n and self.seconds else ''))
         return '\n'.join(s)
 
@@ -175,19 +184,22 @@ PREDICTION_COLUMNS = ['patientId', 'probability', 'prediction', 'threshold', 'fi
 
 def _errors_file(out:Path)->Path: return out.with_name(f'{out.stem}_errors.csv')
 
-def _scores(model, loader, norm, dev, n:int, progress:bool)->tuple:
-    "({index: probability}, {index: patientId}, {index: why it failed}) over the loader's batches."
-    probs, pids, failed = {}, {}, {}
+def _scores(model, loader, norm, dev, n:int, progress:bool, thr:float|None=None)->tuple:
+    "({index: probability}, {index: patientId}, {index: why it failed}, {index: CAM boxes, with `thr`}) over the loader's batches."
+    probs, pids, failed, boxes = {}, {}, {}, {}
     with torch.inference_mode(), progress_bar(total=n, desc='predict', unit='img', disable=not progress) as bar:
         for b in loader:
             failed.update(b['failed'])
             if b['x'] is not None:
-                p = torch.sigmoid(model(norm(b['x'].to(dev, non_blocking=True))).float()).cpu().numpy()
-                for i, pid, v in zip(b['index'], b['patientId'], p.tolist()):
-                    if np.isfinite(v): probs[i], pids[i] = v, pid
+                x = norm(b['x'].to(dev, non_blocking=True))
+                logits, maps = activation_maps(model, x) if thr is not None else (model(x), None)
+                p = torch.sigmoid(logits.float()).cpu().numpy()
+                bx = cam_boxes(maps, np.nan_to_num(p, nan=-1.0), thr, b['shape']) if thr is not None else [None] * len(p)
+                for i, pid, v, bb in zip(b['index'], b['patientId'], p.tolist(), bx):
+                    if np.isfinite(v): probs[i], pids[i], boxes[i] = v, pid, bb
                     else: failed[i] = f'the model gave a non-finite probability ({v}) for this image, so no prediction is made'
             bar.update(len(b['index']) + len(b['failed']))
-    return probs, pids, failed
+    return probs, pids, failed, boxes
 
 # %% ../nbs/07_inference.ipynb #a07c0011
 def _check_seen(contract, df:pd.DataFrame, checkpoint, allow_seen:bool)->np.ndarray:
@@ -207,13 +219,14 @@ def _loader(files:list, size:int, batch_size:int, workers:int|None, dev:torch.de
     workers = max(0, min(workers, -(-len(files) // batch_size)))
     return DataLoader(_ImageFiles(files, size), batch_size=batch_size, num_workers=workers, collate_fn=_collate, pin_memory=dev.type == 'cuda')
 
-def _table(files:list, probs:dict, pids:dict, thr:float)->pd.DataFrame:
-    "One row per image predicted, in input order: `PREDICTION_COLUMNS`."
+def _table(files:list, probs:dict, pids:dict, thr:float, boxes:dict|None=None)->pd.DataFrame:
+    "One row per image predicted, in input order: `PREDICTION_COLUMNS`, and with `boxes` a column `boxes` (JSON)."
     idx = sorted(probs)
     prob = np.array([probs[i] for i in idx], dtype=np.float64)
     return pd.DataFrame(dict(patientId=pd.Series([pids[i] for i in idx], dtype=str), probability=prob,
                              prediction=(prob >= thr).astype(int), threshold=np.full(len(idx), thr),
-                             file=pd.Series([str(files[i]) for i in idx], dtype=str)))[PREDICTION_COLUMNS]
+                             file=pd.Series([str(files[i]) for i in idx], dtype=str)))[PREDICTION_COLUMNS].assign(
+                             **({} if boxes is None else dict(boxes=pd.Series([boxes_json(boxes[i]) for i in idx], dtype=str))))
 
 # %% ../nbs/07_inference.ipynb #a07c0015
 def _write_outputs(out:Path, df:pd.DataFrame, failed:list)->Path|None:
@@ -223,6 +236,21 @@ def _write_outputs(out:Path, df:pd.DataFrame, failed:list)->Path|None:
     if failed: write_csv(ef, pd.DataFrame(failed, columns=['file', 'error'])); return ef
     ef.unlink(missing_ok=True)   # left by an earlier run into the same file
     return None
+
+# %% ../nbs/07_inference.ipynb #a894bd48
+def _check_one_per_patient(df:pd.DataFrame, where):
+    "Refuse predictions with more than one image of a patient: the submission has one row per patient."
+    dup = df[df.patientId.duplicated(keep=False)]
+    if len(dup):
+        pid = dup.patientId.iloc[0]; fs = list(dup.file[dup.patientId == pid])
+        raise PneumoniaError(where, f'{dup.patientId.nunique()} patient(s) have more than one image (e.g. {pid}: {", ".join(fs)}); a submission has '
+                             'one row per patient: predict one image per patient; nothing was written')
+
+def submission_table(df:pd.DataFrame, # `predict_files`'s predictions, with `boxes`
+                    )->pd.DataFrame:
+    "The challenge's submission: patientId, PredictionString (empty for a patient without boxes)."
+    return pd.DataFrame(dict(patientId=df.patientId, PredictionString=[prediction_string(json.loads(b), f'{f}: its boxes')
+                                                                        for b, f in zip(df.boxes, df.file)]))
 
 # %% ../nbs/07_inference.ipynb #ecf73bee
 def predict_files(checkpoint, # a checkpoint written by `train` (its contract gives size, normalisation, threshold), or an ensemble: several checkpoints, an ensemble file or the folder `cross_validate` wrote (see `load_model`)
@@ -235,14 +263,17 @@ def predict_files(checkpoint, # a checkpoint written by `train` (its contract gi
                   trusted:bool=False, # read a checkpoint that needs full unpickling (only from a source you trust)
                   backbone:str|None=None, # insist on this backbone; None accepts the checkpoint's
                   allow_seen:bool=False, # predict patients the model trained or chose its threshold on (marked in column `seen_by_model`)
+                  boxes:bool=True, # each image's boxes from the class-activation map, column `boxes`: JSON [[confidence, x, y, width, height], ...] in the original image's pixels, [] for negatives
+                  submission:str|None=None, # also write the challenge's submission CSV here: patientId,PredictionString, one row per patient scored
                  )->PredictionResult:
     "Probability of lung opacity for every image in `paths`, and the decision at the checkpoint's threshold."
     t0 = time.time()
     files = expand_paths(paths)
-    out = None if out is None else Path(out)
-    if out is not None:
-        if out.is_dir(): raise ValueError(f'{out}: is a folder; give the name of the CSV file to write')
-        refuse_inputs([out, _errors_file(out)], [*files, *checkpoint_files(checkpoint)], 'CSV')
+    out, submission = (None if f is None else Path(f) for f in (out, submission))
+    if submission is not None and not boxes: raise PneumoniaError(submission, 'a submission holds boxes: predict with boxes=True (--boxes true)')
+    for f in (out, submission):
+        if f is not None and f.is_dir(): raise ValueError(f'{f}: is a folder; give the name of the CSV file to write')
+    refuse_inputs([f for f in (out, None if out is None else _errors_file(out), submission) if f is not None], [*files, *checkpoint_files(checkpoint)], 'CSV')
     with output_lock(out.parent, f'another predict run writing {out.name}', name=f'.{out.name}.lock') if out else nullcontext():
         model, contract = load_model(checkpoint, backbone=backbone, trusted=trusted, map_location=device)
         ensemble = isinstance(contract, EnsembleContract)
@@ -250,16 +281,19 @@ def predict_files(checkpoint, # a checkpoint written by `train` (its contract gi
         dev = next(model.parameters()).device
         thr, source = _threshold(contract, where)
         norm = lambda x: normalise(x[:, None] if x.ndim == 3 else x, contract.mean, contract.std)
-        probs, pids, failed = _scores(model, _loader(files, contract.size, batch_size, workers, dev), norm, dev, len(files), progress)
+        probs, pids, failed, bx = _scores(model, _loader(files, contract.size, batch_size, workers, dev), norm, dev, len(files), progress, thr if boxes else None)
         if not probs and failed and all(v.startswith('the model gave a non-finite') for v in failed.values()):
             raise CheckpointError(where, f'the model gave no finite probability for any of the {len(failed)} images: it is broken; nothing was written')
-        df = _table(files, probs, pids, thr)
+        df = _table(files, probs, pids, thr, bx if boxes else None)
+        if submission is not None: _check_one_per_patient(df, submission)
         seen = _check_seen(contract, df, where, allow_seen)
         if seen.any(): df['seen_by_model'] = seen.astype(int)
         failed = [(str(files[i]), failed[i]) for i in sorted(failed)]
         errors_file = None if out is None else _write_outputs(out, df, failed)
+        if submission is not None: write_csv(submission, submission_table(df))
     return PredictionResult(df, failed, thr, source, (contract.source or contract.files) if ensemble else where, str(dev), out, errors_file,
-                            time.time() - t0, int(seen.sum()), f'an ensemble of {len(contract.files)} checkpoints ({contract.name})' if ensemble else '')
+                            time.time() - t0, int(seen.sum()), f'an ensemble of {len(contract.files)} checkpoints ({contract.name})' if ensemble else '',
+                            submission)
 
 # %% ../nbs/07_inference.ipynb #9b12c5bb
 class ExportedClassifier(nn.Module):

@@ -211,6 +211,7 @@ def _write_manifest(cache:Path, table:pd.DataFrame, records:dict, size:int):
     if rec.empty: rec = pd.DataFrame(columns=['patientId', 'orig_rows', 'orig_cols', 'source'])
     m = table.merge(rec.drop(columns=['ok', 'error'], errors='ignore'), on='patientId', how='inner')
     m['boxes'] = _scaled_boxes(m, size)
+    if 'source' in m: m['source'] = m.source.map(os.path.abspath)   # the record names the source wherever its reader stands
     write_csv(cache/'manifest.csv', m[_MANIFEST_COLUMNS])
     return m[_MANIFEST_COLUMNS]
 
@@ -267,7 +268,7 @@ def _label_plan(data_dir:Path, split, val_frac, test_frac, folds, seed)->tuple:
     labels = check_labels(raw, image_ids=image_files.keys())
     table = assign_splits(label_table(raw), split=split, val_frac=val_frac, test_frac=test_frac, folds=folds, seed=seed)
     table = table[table.patientId.isin(image_files.keys())].reset_index(drop=True)
-    table['source'] = [os.path.abspath(image_files[p]) for p in table.patientId]   # links unresolved: errors name the link
+    table['source'] = [str(image_files[p]) for p in table.patientId]   # as the user gave it, links unresolved: errors name the file so
     return table, labels
 
 # %% ../nbs/02c_cache.ipynb #ba7ebbf2

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02c_cache.ipynb #891f4642
 from __future__ import annotations
-import io, json, os, time, warnings
+import io, json, math, os, time, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -14,13 +14,13 @@ import pandas as pd
 from fastcore.parallel import num_cpus
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'LOCK_NAME', 'image_file', 'PreprocessResult', 'load_manifest', 'load_stats', 'cache_settings',
-           'CacheError', 'preprocess', 'export_folder']
+__all__ = ['CACHE_VERSION', 'LOCK_NAME', 'image_file', 'id_problem', 'PreprocessResult', 'CacheFileError', 'load_manifest',
+           'load_stats', 'cache_settings', 'CacheError', 'preprocess', 'export_folder']
 
 # %% ../nbs/02c_cache.ipynb #bd684c58
 from .config import DISK_FULL, PneumoniaError, PreprocessConfig, atomic_write, disk_full_message, output_lock
 from .config import progress_bar, unescape_csv_value, write_csv
-from .dicom import DicomError, read_dicom
+from .dicom import DICOM_SUFFIXES, DicomError, listed_files, read_dicom
 from .labels import IMAGES_DIR, LABELS_CSV, check_labels, label_table, read_labels
 from .splits import assign_splits
 
@@ -31,7 +31,14 @@ def image_file(cache, # a cache folder
                patient_id:str, # the patient's ID, as in the labels file
               )->Path:
     "The file that holds `patient_id`'s image in `cache`: the one rule every writer and reader of a cache uses."
+    if (why := id_problem(patient_id)) is not None: raise PneumoniaError(f'patientId {patient_id!r}', why)
     return Path(cache)/'images'/f'{patient_id}.npy'
+
+def id_problem(patient_id)->str|None:
+    "Why `patient_id` cannot name a file in the cache's image folder (empty, a path separator, a NUL), or None."
+    if not isinstance(patient_id, str) or not patient_id.strip(): return 'an empty patient ID'
+    if any(c in patient_id for c in '/\\\0'): return 'a patient ID with a path separator or NUL in it cannot name a file inside the cache'
+    return None
 
 def _save_npy(path, arr:np.ndarray):
     "np.save, atomically."
@@ -92,23 +99,101 @@ class PreprocessResult:
             s += [f'  {e}' for e in self.failed[:10]] + ([f'  ... and {len(self.failed)-10} more'] if len(self.failed) > 10 else [])
         return '\n'.join(s)
 
+# %% ../nbs/02c_cache.ipynb #f935e4f6
+class CacheFileError(PneumoniaError):
+    "A file of a cache (manifest.csv, stats.json) holding a value that cannot be right; the message names file, line and field."
+
+_SPLIT_NAMES = ('train', 'val', 'test')
+
+def _bad_row(f:Path, m:pd.DataFrame, ok, field:str, problem:str):
+    "A `CacheFileError` for the first row of `m` where `ok` is False (line numbers count the header as line 1)."
+    ok = np.asarray(ok, bool)
+    if ok.all(): return
+    i = int(np.flatnonzero(~ok)[0]); v = m[field].iloc[i] if field in m else None
+    raise CacheFileError(f, f'line {i + 2}, {field} {v!r}: {problem}; rerun pneumonia_nb preprocess to rebuild the manifest')
+
+def _ints(s:pd.Series)->np.ndarray:
+    "Which values of `s` are whole numbers (written as such)."
+    whole = lambda v: (isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) or isinstance(v, float) and v.is_integer()
+                       or isinstance(v, str) and v.strip().lstrip('-').isdigit())
+    return np.array([whole(v) for v in s], bool)
+
+# %% ../nbs/02c_cache.ipynb #03547ada
+def _boxes_of(v)->list|None:
+    "The list of [x, y, width, height] boxes the JSON text `v` holds, or None when it holds no such list."
+    try: b = json.loads(v)
+    except (TypeError, ValueError): return None
+    ok = isinstance(b, list) and all(isinstance(x, list) and len(x) == 4 and all(isinstance(c, (int, float)) and not isinstance(c, bool)
+                                     and math.isfinite(c) for c in x) and x[2] >= 0 and x[3] >= 0 for x in b)
+    return b if ok else None
+
+def _check_manifest(m:pd.DataFrame, f:Path)->list:
+    "Check every value `load_manifest` and its readers rely on; the rows' boxes, parsed."
+    if missing := [c for c in ('patientId', 'split', 'fold', 'Target', 'boxes') if c not in m]:
+        raise CacheFileError(f, f'missing column(s) {", ".join(missing)}: not a manifest written by pneumonia_nb preprocess')
+    _bad_row(f, m, [id_problem(p) is None for p in m.patientId], 'patientId', 'not a patient ID that names a file inside the cache')
+    _bad_row(f, m, ~m.patientId.duplicated().to_numpy(), 'patientId', 'listed twice')
+    _bad_row(f, m, m.split.isin(_SPLIT_NAMES), 'split', f'not one of {", ".join(_SPLIT_NAMES)}')
+    _bad_row(f, m, _ints(m.Target) & pd.to_numeric(m.Target, errors='coerce').isin([0, 1]), 'Target', 'must be 0 or 1')
+    _bad_row(f, m, _ints(m.fold) & (pd.to_numeric(m.fold, errors='coerce') >= 0), 'fold', 'must be a whole number, at least 0')
+    for c in ('orig_rows', 'orig_cols'):
+        if c in m: _bad_row(f, m, _ints(m[c]) & (pd.to_numeric(m[c], errors='coerce') >= 1), c, 'must be a whole number of pixels, at least 1')
+    for c in ('px_mean', 'px_sqmean'):
+        if c in m: _bad_row(f, m, pd.to_numeric(m[c], errors='coerce').between(0, 1), c, 'must be a number between 0 and 1')
+    boxes = [_boxes_of(v) for v in m.boxes]
+    _bad_row(f, m, [b is not None for b in boxes], 'boxes', 'not a JSON list of [x, y, width, height] boxes')
+    m['Target'], m['fold'] = m.Target.astype(int), m.fold.astype(int)
+    return boxes
+
+# %% ../nbs/02c_cache.ipynb #989ff923
+def _check_stats(st, f:Path):
+    "Refuse a stats.json whose size, version, mean or std cannot be right."
+    if not isinstance(st, dict): raise CacheFileError(f, f'holds {type(st).__name__}, not a mapping; rerun pneumonia_nb preprocess')
+    size = st.get('size')
+    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 4096:
+        raise CacheFileError(f, f'size {size!r}: not an image side between 8 and 4096 pixels; rerun pneumonia_nb preprocess')
+    for k, lo_open in (('mean', False), ('std', True)):
+        v = st.get(k)
+        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (0 < v if lo_open else 0 <= v) and v <= 1):
+            raise CacheFileError(f, f'{k} {v!r}: not a number {"above 0" if lo_open else "from 0"} up to 1 (of pixel values / 255); rerun pneumonia_nb preprocess')
+
+def _check_array_size(cache:Path, size:int, f:Path):
+    "The size stats.json records is confirmed by an array of the cache (its .npy header): derived, not trusted."
+    a = next((cache/'images').glob('*.npy'), None) if (cache/'images').is_dir() else None
+    if a is None: return
+    try:
+        with open(a, 'rb') as fh:
+            major, _ = np.lib.format.read_magic(fh)
+            shape = (np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0)(fh)[0]
+    except (OSError, ValueError): return   # a damaged array: the reader of that array names it
+    if shape != (size, size):
+        raise CacheFileError(f, f'size {size}, but {a.relative_to(cache)} holds a {"×".join(map(str, shape))} array: '
+                                'stats.json was edited or belongs to another cache; rerun pneumonia_nb preprocess')
+
 # %% ../nbs/02c_cache.ipynb #0a667f51
 def load_manifest(cache, # a cache folder written by `preprocess`
                  )->pd.DataFrame:
     "The cache's manifest, with `boxes` as lists and each image's `path` (derived by `image_file`, never read from the file)."
     cache = Path(cache); f = cache/'manifest.csv'
     if not f.exists(): raise FileNotFoundError(f'{f}: no manifest; is {cache} a cache written by `pneumonia_nb preprocess`?')
-    m = pd.read_csv(f, dtype={'patientId': str, 'class': str, 'sex': str, 'view': str}, keep_default_na=False, na_values=[''])
+    try: m = pd.read_csv(f, dtype={'patientId': str, 'class': str, 'sex': str, 'view': str}, keep_default_na=False, na_values=[''])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise CacheFileError(f, f'not a manifest CSV ({str(e).splitlines()[0] if str(e) else type(e).__name__}); rerun pneumonia_nb preprocess') from None
     for c in m.columns:
         if m[c].dtype == object or pd.api.types.is_string_dtype(m[c]): m[c] = m[c].map(unescape_csv_value)
-    m['boxes'] = m.boxes.map(json.loads)
+    m['boxes'] = _check_manifest(m, f)
     m = m.drop(columns='path', errors='ignore')   # a manifest written when the path was stored: derived all the same
     m.insert(m.columns.get_loc('boxes') + 1, 'path', [str(image_file(cache, p)) for p in m.patientId])
     return m
 
 def load_stats(cache)->dict:
-    "The cache's stats.json (size, train mean and std, counts)."
-    return json.loads((Path(cache)/'stats.json').read_text())
+    "The cache's stats.json (size, train mean and std, counts), every value checked, its size confirmed by an array of the cache."
+    f = Path(cache)/'stats.json'
+    try: st = json.loads(f.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e: raise CacheFileError(f, f'not valid JSON ({e}); rerun pneumonia_nb preprocess') from None
+    _check_stats(st, f)
+    _check_array_size(Path(cache), st['size'], f)
+    return st
 
 # %% ../nbs/02c_cache.ipynb #3a3822b1
 _MANIFEST_COLUMNS = ['patientId', 'split', 'fold', 'Target', 'class', 'boxes', 'source', 'view', 'sex', 'age', 'modality',
@@ -126,6 +211,7 @@ def _write_manifest(cache:Path, table:pd.DataFrame, records:dict, size:int):
     if rec.empty: rec = pd.DataFrame(columns=['patientId', 'orig_rows', 'orig_cols', 'source'])
     m = table.merge(rec.drop(columns=['ok', 'error'], errors='ignore'), on='patientId', how='inner')
     m['boxes'] = _scaled_boxes(m, size)
+    if 'source' in m: m['source'] = m.source.map(os.path.abspath)   # the record names the source wherever its reader stands
     write_csv(cache/'manifest.csv', m[_MANIFEST_COLUMNS])
     return m[_MANIFEST_COLUMNS]
 
@@ -184,11 +270,14 @@ def _label_plan(data_dir:Path, split, val_frac, test_frac, folds, seed)->tuple:
     "The per-patient table (with split, fold and source file) of the labelled images, and the label report."
     raw = read_labels(data_dir)
     img_dir = data_dir/IMAGES_DIR
-    image_files = {p.stem: p for p in img_dir.glob('*.dcm')}
+    image_files = {}
+    for p in listed_files(img_dir, DICOM_SUFFIXES):   # the rule predict lists by: .dcm/.DCM/.dicom, hidden files left out
+        if p.stem in image_files: raise PneumoniaError(img_dir, f'{image_files[p.stem].name} and {p.name} both name patient {p.stem}: remove one')
+        image_files[p.stem] = p
     labels = check_labels(raw, image_ids=image_files.keys())
     table = assign_splits(label_table(raw), split=split, val_frac=val_frac, test_frac=test_frac, folds=folds, seed=seed)
     table = table[table.patientId.isin(image_files.keys())].reset_index(drop=True)
-    table['source'] = [os.path.abspath(image_files[p]) for p in table.patientId]   # links unresolved: errors name the link
+    table['source'] = [str(image_files[p]) for p in table.patientId]   # as the user gave it, links unresolved: errors name the file so
     return table, labels
 
 # %% ../nbs/02c_cache.ipynb #ba7ebbf2

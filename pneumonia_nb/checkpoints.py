@@ -4,7 +4,7 @@
 
 # %% ../nbs/04a_checkpoints.ipynb #7b64bfbf
 from __future__ import annotations
-import base64, datetime, hashlib, json, math, os, pickle, re, warnings, zipfile
+import base64, datetime, hashlib, json, math, os, pickle, re, shutil, warnings, zipfile
 from dataclasses import dataclass, fields, asdict
 from pathlib import Path
 
@@ -260,8 +260,11 @@ def _threshold_from(d, path)->ThresholdRecord|None:
         raise CheckpointError(path, f'its threshold {t.value!r} is not a probability between 0 and 1')
     return t
 
-def _beside(path:Path, name:str)->Path:
-    "The file `name` names in the ensemble file `path`: relative to its folder (an absolute path stays as it is)."
+def _beside(path:Path, name:str, field:str='member')->Path:
+    "The file `name` names in the ensemble file `path`, relative to its folder; a name that leaves the folder is refused."
+    if Path(name).is_absolute() or '..' in Path(name).parts or '\\' in name:
+        raise CheckpointError(path, f"{field} {name!r} leaves the ensemble file's folder (an absolute path, or one with '..'): "
+                                    'an ensemble file names its files relative to its own folder, inside it')
     return Path(os.path.normpath(path.parent.resolve()/name))
 
 # %% ../nbs/04a_checkpoints.ipynb #f18a117c
@@ -275,7 +278,7 @@ def _member_files(ms, path:Path)->tuple:
         d = m.get('weights_sha256')
         if d is not None and not (isinstance(d, str) and re.fullmatch('[0-9a-f]{64}', d)):
             raise CheckpointError(path, f'member {name}: weights_sha256 {d!r} is not a SHA-256 digest')
-        f = _beside(path, name)
+        f = _beside(path, name, f'member {i}')
         if not f.is_file():
             raise CheckpointError(path, f'its member {name} is missing ({"not a file" if f.exists() else "no such file"}: {f}); '
                                   'rerun the cross-validation, or give the checkpoints that are left one by one')
@@ -296,7 +299,22 @@ def _parse_ensemble(doc, path:Path)->EnsembleFile:
     if isinstance(n, bool) or not isinstance(n, int) or n < 0: raise CheckpointError(path, f'its patient count n={n!r} is not a count')
     if oof is not None and not (isinstance(oof, str) and oof): raise CheckpointError(path, f'its oof entry {oof!r} is not a file name')
     return EnsembleFile(path, files, _threshold_from(doc.get('threshold'), path), n, None if all(d is None for d in digests) else digests,
-                        None if oof is None else _beside(path, oof), str(doc.get('by', '')))
+                        None if oof is None else _beside(path, oof, 'oof'), str(doc.get('by', '')))
+
+# %% ../nbs/04a_checkpoints.ipynb #ccb52573
+def _listed_name(path:Path, f, i:int|None=None)->str:
+    "The name the ensemble file `path` lists `f` by: its path relative to the file's folder when it lies inside; else that of a link (or copy) of it placed in `members/`."
+    folder, f = path.parent.resolve(), Path(f)
+    rel = Path(os.path.relpath(f.resolve(), folder))
+    if rel.parts[:1] != ('..',) or not f.is_file(): return rel.as_posix()   # inside (or missing: the reader's check names it)
+    dst = folder/'members'/(f.name if i is None else f'{i}_{f.name}')
+    if not (dst.exists() and os.path.samefile(dst, f)):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f'.{dst.name}.{os.getpid()}.tmp')
+        try: os.link(f, tmp)
+        except OSError: shutil.copyfile(f, tmp)
+        os.replace(tmp, dst)
+    return dst.relative_to(folder).as_posix()
 
 # %% ../nbs/04a_checkpoints.ipynb #59cd9f7a
 def write_ensemble(path, # the file to write, ending with .json (`ENSEMBLE_FILE` in the output folder of `cross_validate`)
@@ -311,9 +329,10 @@ def write_ensemble(path, # the file to write, ending with .json (`ENSEMBLE_FILE`
     path, members = Path(path), [Path(m) for m in members]
     if path.suffix.lower() != '.json': raise ValueError(f'{path}: an ensemble file ends with .json (that is how it is told from a checkpoint)')
     if digests is not None and len(digests) != len(members): raise ValueError(f'{len(digests)} digests for {len(members)} members')
-    rel = lambda f: os.path.relpath(Path(f).resolve(), path.parent.resolve())
+    _threshold_from(None if threshold is None else asdict(threshold), path)   # refused before a member is linked
+    rel = lambda f, i=None: _listed_name(path, f, i)
     doc = dict(pneumonia_nb='ensemble', version=_ENSEMBLE_VERSION,
-               members=[dict(checkpoint=rel(f), **({} if digests is None else dict(weights_sha256=digests[i]))) for i, f in enumerate(members)],
+               members=[dict(checkpoint=rel(f, i), **({} if digests is None else dict(weights_sha256=digests[i]))) for i, f in enumerate(members)],
                threshold=None if threshold is None else asdict(threshold), n=int(n),
                oof=None if oof is None else rel(oof), by=by, created=datetime.datetime.now().isoformat(timespec='seconds'))
     _parse_ensemble(json.loads(json.dumps(doc)), path)   # what the reader would refuse is never written

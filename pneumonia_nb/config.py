@@ -184,10 +184,22 @@ BACKBONES, SPLITS, OPTIMIZERS, SCHEDULERS, LOSSES, THRESHOLD_METHODS, EXPORT_FOR
 def _check(group:str, name:str, ok:bool, problem:str):
     if not ok: raise ConfigError(f'{group}.{name}', problem)
 
-def _positive(group, obj, *names, minimum=1):
+def _positive(group, obj, *names, minimum=1, maximum=None):
+    "Each of `names` is None or a finite number from `minimum` (to `maximum`)."
     for n in names:
         v = getattr(obj, n)
-        _check(group, n, v is None or v >= minimum, f'must be at least {minimum}, not {v}')
+        if v is None: continue
+        _check(group, n, isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), f'must be a finite number, not {v}')
+        _check(group, n, v >= minimum, f'must be at least {minimum}, not {v}')
+        _check(group, n, maximum is None or v <= maximum, f'must be at most {maximum}, not {v}')
+
+def _pair(group, obj, name, lo_max=None):
+    "`name` is (low, high) with 0 < low <= high (and high <= `lo_max`)."
+    v = getattr(obj, name)
+    ok = len(v) == 2 and all(isinstance(x, (int, float)) and math.isfinite(x) for x in v) and 0 < v[0] <= v[1] and (lo_max is None or v[1] <= lo_max)
+    _check(group, name, ok, f"must be (low, high) with 0 < low <= high{'' if lo_max is None else f' <= {lo_max}'}, not {v}")
+
+_SEED_MAX = 2**32 - 1   # numpy's and Lightning's seeds: a seed outside 0 to 2**32-1 would be replaced by a random one
 
 def _fraction(group, obj, name, lo=0.0, lo_open=False):
     v = getattr(obj, name)
@@ -199,27 +211,30 @@ def _fraction(group, obj, name, lo=0.0, lo_open=False):
 @dataclass
 class DemoConfig:
     "Demo dataset (used when no --data or --cache is given)"
-    n:int=300 # patients in the generated demo dataset
-    image_size:int=1024 # side of the generated DICOMs in pixels
-    generator_seed:int=0 # seed of the generated dataset (same seed, same files)
-    def __post_init__(self): _positive('demo', self, 'n', minimum=10); _positive('demo', self, 'image_size', minimum=64)
+    n:int=300 # patients in the generated demo dataset (at least 10)
+    image_size:int=1024 # side of the generated DICOMs in pixels (64 to 4096)
+    generator_seed:int=0 # seed of the generated dataset (same seed, same files; 0 to 2**32-1)
+    def __post_init__(self):
+        _positive('demo', self, 'n', minimum=10); _positive('demo', self, 'image_size', minimum=64, maximum=4096)
+        _positive('demo', self, 'generator_seed', minimum=0, maximum=_SEED_MAX)
 
 # %% ../nbs/00_config.ipynb #17eb11d7
 @dataclass
 class PreprocessConfig:
     "Preprocessing: DICOMs to the image cache, labels, splits"
-    size:int=224 # side in pixels of the square images in the cache
+    size:int=224 # side in pixels of the square images in the cache (8 to 4096)
     split:Split='stratified' # 'stratified': seeded patient-level split by class; 'seed': the original example's (first 24,000 patients train, the rest validation; full challenge set only)
-    val_frac:float=0.1 # validation share of the patients (it chooses the checkpoint and the threshold)
-    test_frac:float|None=None # held-out test share, reported on by evaluate (None: 0.1 with split 'stratified', 0 with 'seed')
-    folds:int=5 # cross-validation folds recorded in the manifest
-    split_seed:int=42 # seed of the split and the folds
+    val_frac:float=0.1 # validation share of the patients, which choose the checkpoint and the threshold (0 < x < 1)
+    test_frac:float|None=None # held-out test share, reported on by evaluate (0 <= x < 1, and val_frac + test_frac < 1; None: 0.1 with split 'stratified', 0 with 'seed')
+    folds:int=5 # cross-validation folds recorded in the manifest (at least 2)
+    split_seed:int=42 # seed of the split and the folds (0 to 2**32-1)
     fast_decode:bool=True # decode JPEG at reduced scale where that gives the same image (within 2 grey levels)
-    workers:int|None=None # decoding processes (None: all cores)
+    workers:int|None=None # decoding processes (at least 1; None: all cores)
     def __post_init__(self):
-        _positive('preprocess', self, 'size', minimum=8); _positive('preprocess', self, 'folds', minimum=2)
-        _positive('preprocess', self, 'workers')
+        _positive('preprocess', self, 'size', minimum=8, maximum=4096); _positive('preprocess', self, 'folds', minimum=2)
+        _positive('preprocess', self, 'workers'); _positive('preprocess', self, 'split_seed', minimum=0, maximum=_SEED_MAX)
         _fraction('preprocess', self, 'val_frac', lo_open=True); _fraction('preprocess', self, 'test_frac')
+        _check('preprocess', 'test_frac', self.val_frac + (self.test_frac or 0) < 1, f'val_frac {self.val_frac} + test_frac {self.test_frac} leave no patients to train on: their sum must be below 1')
         if self.split == 'seed': _check('preprocess', 'test_frac', not self.test_frac, "split 'seed' has no test split: leave test_frac unset or 0")
     @property
     def test_share(self)->float:
@@ -238,22 +253,23 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     "Optimisation"
-    epochs:int=30 # training epochs
-    batch_size:int=64 # images per step and device
-    lr:float=1e-3 # peak learning rate
+    epochs:int=30 # training epochs (at least 1)
+    batch_size:int=64 # images per step and device (at least 1)
+    lr:float=1e-3 # peak learning rate (0 < x <= 10)
     optimizer:Optimizer='adamw' # optimiser
-    weight_decay:float=1e-4 # weight decay (not applied to biases and norms)
+    weight_decay:float=1e-4 # weight decay, not applied to biases and norms (0 to 1)
     scheduler:Scheduler='cosine' # learning-rate schedule: linear warm-up then cosine, one-cycle, or constant ('none')
-    warmup_epochs:float=1.0 # warm-up length in epochs
+    warmup_epochs:float=1.0 # warm-up length in epochs (at least 0)
     loss:Loss='bce' # weighted binary cross-entropy or focal loss
-    pos_weight:Union[float, Literal['auto', 'none']]='auto' # weight of positives in the loss: a number (3 in the original example), 'auto' (negatives/positives of the train split) or 'none'
-    focal_alpha:float|None=0.25 # focal loss: weight of positives (negatives get 1-alpha); None weighs both alike
-    focal_gamma:float=2.0 # focal loss: focusing parameter (0 gives cross-entropy)
+    pos_weight:Union[float, Literal['auto', 'none']]='auto' # weight of positives in the loss: a number above 0 (3 in the original example), 'auto' (negatives/positives of the train split) or 'none'
+    focal_alpha:float|None=0.25 # focal loss: weight of positives, negatives get 1-alpha (0 to 1; None weighs both alike)
+    focal_gamma:float=2.0 # focal loss: focusing parameter (0 to 10; 0 gives cross-entropy)
     balanced:bool=False # sample positives and negatives equally
-    early_stopping:int=0 # stop after this many epochs without a better validation AUROC (0: never)
+    early_stopping:int=0 # stop after this many epochs without a better validation AUROC (at least 0; 0: never)
     def __post_init__(self):
         _positive('optim', self, 'epochs', 'batch_size')
-        _positive('optim', self, 'early_stopping', 'warmup_epochs', 'weight_decay', minimum=0)
+        _positive('optim', self, 'early_stopping', 'warmup_epochs', minimum=0); _positive('optim', self, 'weight_decay', 'focal_alpha', minimum=0, maximum=1)
+        _positive('optim', self, 'focal_gamma', minimum=0, maximum=10)
         _check('optim', 'lr', isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and 0 < self.lr <= 10, f'must be a positive number up to 10, not {self.lr}')
         if not isinstance(self.pos_weight, str):
             _check('optim', 'pos_weight', math.isfinite(self.pos_weight) and self.pos_weight > 0, f"must be a positive number, 'auto' or 'none', not {self.pos_weight}")
@@ -267,24 +283,28 @@ class OptimConfig:
 class AugmentConfig:
     "Training augmentation: per image, intensity changes, a random affine, a random resized crop and an optional flip; per batch, mixup or cutmix"
     enabled:bool=True # False: no augmentation at all
-    degrees:float=5.0 # rotation drawn uniformly in ±degrees
-    translate:Union[float, tuple[float, float]]=0.05 # a number t is the original's translate=(0, t), vertical shifts only; or (horizontal, vertical)
-    scale:tuple[float, float]=(0.9, 1.1) # zoom of the affine, drawn uniformly
-    crop_scale:tuple[float, float]=(0.35, 1.0) # area of the random crop as a fraction of the image, drawn uniformly
-    crop_ratio:tuple[float, float]=(3/4, 4/3) # aspect ratio (width/height) of the crop, drawn log-uniformly
-    hflip:float=0.0 # probability of a horizontal flip (off by default: a flipped chest puts the heart on the right)
+    degrees:float=5.0 # rotation drawn uniformly in ±degrees (0 to 180)
+    translate:Union[float, tuple[float, float]]=0.05 # a number t is the original's translate=(0, t), vertical shifts only; or (horizontal, vertical); each from 0 to 1
+    scale:tuple[float, float]=(0.9, 1.1) # zoom of the affine, drawn uniformly (0 < low <= high)
+    crop_scale:tuple[float, float]=(0.35, 1.0) # area of the random crop as a fraction of the image, drawn uniformly (0 < low <= high <= 1)
+    crop_ratio:tuple[float, float]=(3/4, 4/3) # aspect ratio (width/height) of the crop, drawn log-uniformly (0 < low <= high)
+    hflip:float=0.0 # probability of a horizontal flip (0 <= x < 1; off by default: a flipped chest puts the heart on the right)
     interpolation:Literal['nearest', 'bilinear']='nearest' # resampling of the affine ('nearest' is torchvision's default, as in the original)
-    brightness:float=0.0 # add a shift drawn uniformly in ±brightness, as a fraction of the intensity range (0: off)
-    contrast:float=0.0 # scale the contrast around the image's mean by a factor drawn uniformly in [1-contrast, 1+contrast] (0: off; below 1)
-    gamma:float=0.0 # gamma correction x**g, g drawn log-uniformly in [1/(1+gamma), 1+gamma] (0: off)
-    clahe:float=0.0 # probability of CLAHE, local contrast equalisation (clip limit 2, 8×8 tiles; 0: off; below 1)
-    mixup:float=0.0 # mixup of whole training batches: Beta(mixup, mixup) parameter of the mixing weight (0: off)
-    cutmix:float=0.0 # cutmix of whole training batches: Beta(cutmix, cutmix) parameter of the kept area (0: off); with mixup too, one of the two per batch at random
+    brightness:float=0.0 # add a shift drawn uniformly in ±brightness, as a fraction of the intensity range (0 to 1; 0: off)
+    contrast:float=0.0 # scale the contrast around the image's mean by a factor drawn uniformly in [1-contrast, 1+contrast] (0 <= x < 1; 0: off)
+    gamma:float=0.0 # gamma correction x**g, g drawn log-uniformly in [1/(1+gamma), 1+gamma] (0 to 10; 0: off)
+    clahe:float=0.0 # probability of CLAHE, local contrast equalisation with clip limit 2 and 8×8 tiles (0 <= x < 1; 0: off)
+    mixup:float=0.0 # mixup of whole training batches: Beta(mixup, mixup) parameter of the mixing weight (0 to 100; 0: off)
+    cutmix:float=0.0 # cutmix of whole training batches: Beta(cutmix, cutmix) parameter of the kept area (0 to 100; 0: off); with mixup too, one of the two per batch at random
     def __post_init__(self):
         for n in ('translate', 'scale', 'crop_scale', 'crop_ratio'):
             v = getattr(self, n)
             if isinstance(v, list): setattr(self, n, tuple(v))   # from YAML
-        _positive('augment', self, 'degrees', 'brightness', 'gamma', 'mixup', 'cutmix', minimum=0)
+        _positive('augment', self, 'degrees', minimum=0, maximum=180); _positive('augment', self, 'brightness', minimum=0, maximum=1)
+        _positive('augment', self, 'gamma', minimum=0, maximum=10); _positive('augment', self, 'mixup', 'cutmix', minimum=0, maximum=100)
+        t = self.translate_xy
+        _check('augment', 'translate', all(math.isfinite(x) and 0 <= x <= 1 for x in t), f'each shift must be from 0 to 1, not {self.translate}')
+        _pair('augment', self, 'scale'); _pair('augment', self, 'crop_ratio')
         for n in ('hflip', 'contrast', 'clahe'): _fraction('augment', self, n)
         _check('augment', 'crop_scale', 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, f'must be (low, high) with 0 < low <= high <= 1, not {self.crop_scale}')
     @property
@@ -302,15 +322,15 @@ class AugmentConfig:
 class HardwareConfig:
     "Hardware"
     accelerator:Literal['auto', 'cpu', 'gpu']='auto' # where to train
-    devices:Union[int, Literal['auto']]='auto' # devices per node: a number or 'auto'
-    num_nodes:int=1 # nodes for multi-node DDP (torchrun or SLURM)
+    devices:Union[int, Literal['auto']]='auto' # devices per node: a number (at least 1) or 'auto'
+    num_nodes:int=1 # nodes for multi-node DDP, torchrun or SLURM (at least 1)
     strategy:str='auto' # Lightning strategy: 'auto', 'ddp', 'ddp_spawn', ...
     precision:Literal['auto', '32-true', 'bf16-mixed', '16-mixed']='auto' # 'auto': bf16 mixed on GPU, fp32 on CPU
     augment_on:Literal['auto', 'cpu', 'gpu']='auto' # augment in the loader workers (cpu) or whole batches on the device (gpu); auto: gpu when training on a GPU
     in_memory:Literal['auto', 'gpu', 'cpu', 'off']='auto' # hold the cache in GPU or CPU memory; auto: on the GPU when it fits
     channels_last:Union[bool, Literal['auto']]='auto' # channels-last memory format (auto: on a GPU)
     compile:bool=False # torch.compile the backbone
-    loader_workers:int|None=None # data loader processes (None: up to 8 cores)
+    loader_workers:int|None=None # data loader processes (0 to 4 per core; None: up to 8 cores)
     def __post_init__(self):
         _positive('hardware', self, 'num_nodes'); _positive('hardware', self, 'loader_workers', minimum=0)
         if not isinstance(self.devices, str): _positive('hardware', self, 'devices')
@@ -322,22 +342,22 @@ class HardwareConfig:
 @dataclass
 class FitConfig:
     "Training run"
-    seed:int=42 # seed of weights, sampling and augmentation
+    seed:int=42 # seed of weights, sampling and augmentation (0 to 2**32-1)
     deterministic:bool=False # deterministic algorithms: bit-reproducible, slower
-    fold:int|None=None # validate on this fold of the manifest (None: the manifest's train/val split)
-    cv_folds:int|None=None # k-fold cross-validation over the first K folds; reports mean ± sd and pooled out-of-fold metrics
+    fold:int|None=None # validate on this fold of the manifest (at least 0; None: the manifest's train/val split)
+    cv_folds:int|None=None # k-fold cross-validation over the first K folds, at least 2; reports mean ± sd and pooled out-of-fold metrics
     def __post_init__(self):
-        _positive('fit', self, 'fold', minimum=0); _positive('fit', self, 'cv_folds', minimum=2)
+        _positive('fit', self, 'fold', minimum=0); _positive('fit', self, 'cv_folds', minimum=2); _positive('fit', self, 'seed', minimum=0, maximum=_SEED_MAX)
 
 # %% ../nbs/00_config.ipynb #5f6f27c2
 @dataclass
 class EvaluateConfig:
     "Evaluation"
     threshold_method:ThresholdMethod='sensitivity' # how the operating threshold is chosen on the validation split
-    target:float=0.835 # sensitivity to reach with 'sensitivity' (the original example's recall), or the threshold itself with 'fixed'
-    bootstrap:int=2000 # bootstrap resamples of the 95% confidence intervals (0: none)
+    target:float=0.835 # sensitivity to reach with 'sensitivity' (the original example's recall), or the threshold itself with 'fixed' (0 to 1)
+    bootstrap:int=2000 # bootstrap resamples of the 95% confidence intervals (at least 0; 0: none)
     cam:bool=True # Grad-CAM localization scores and gallery
-    gallery:int=4 # Grad-CAM gallery: this many true positives, false positives and false negatives
+    gallery:int=4 # Grad-CAM gallery: this many true positives, false positives and false negatives (at least 0)
     device:str='auto' # 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...
     def __post_init__(self):
         _positive('evaluate', self, 'bootstrap', 'gallery', minimum=0)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_dicom.ipynb #6beab2a4
 from __future__ import annotations
-import errno, io, os, warnings
+import errno, io, os, stat, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +18,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 
 # %% auto #0
-__all__ = ['DECODERS_EXTRA', 'MAX_PIXELS', 'DicomError', 'read_header', 'to_uint8', 'resize_image', 'link_problem', 'DicomImage',
+__all__ = ['DECODERS_EXTRA', 'DICOM_SUFFIXES', 'MAX_PIXELS', 'MIN_SIDE', 'MAX_ASPECT', 'DicomError', 'read_header', 'to_uint8',
+           'resize_image', 'link_problem', 'file_problem', 'listed_files', 'radiograph_problem', 'DicomImage',
            'read_dicom', 'fast_path_difference']
 
 # %% ../nbs/02_dicom.ipynb #0d9d6260
@@ -147,12 +148,49 @@ def link_problem(path, # a file, which may be a symbolic link
         if e.errno == errno.ENOENT: return f'broken symbolic link (its target {os.readlink(p)} does not exist); skipped'
         return f'symbolic link that cannot be followed ({e.strerror}); skipped'
 
+# %% ../nbs/02_dicom.ipynb #4f12f257
+def file_problem(path, # an input file
+                )->str|None:
+    "Why `path` is not a regular file this process can read (see `link_problem` for links), or None."
+    p = Path(path)
+    if (why := link_problem(p)) is not None: return why
+    try: st = os.stat(p)
+    except FileNotFoundError: return 'file not found'
+    except OSError as e: return f'cannot be examined ({e.strerror or e}); skipped'
+    if stat.S_ISDIR(st.st_mode): return 'is a folder, not a file'
+    if not stat.S_ISREG(st.st_mode):
+        kind = 'a named pipe (FIFO)' if stat.S_ISFIFO(st.st_mode) else 'a socket' if stat.S_ISSOCK(st.st_mode) else 'a device'
+        return f'is {kind}, not a regular file; skipped'
+    if not os.access(p, os.R_OK): return 'cannot be read (no read permission); skipped'
+    return None
+
+DICOM_SUFFIXES = ('.dcm', '.dicom')   # the DICOM files of a folder, in any case
+
+def listed_files(folder, # a folder of input files
+                 suffixes, # the suffixes to list, lower case ('.dcm', ...): matched in any case
+                 recursive:bool=False, # search sub-folders too
+                )->list:
+    "The entries of `folder` whose names end with one of `suffixes` in any case, hidden ones left out, sorted."
+    folder = Path(folder)
+    found = folder.rglob('*') if recursive else folder.iterdir()
+    return sorted(f for f in found if f.suffix.lower() in suffixes and not any(s.startswith('.') for s in f.relative_to(folder).parts))
+
 # %% ../nbs/02_dicom.ipynb #333032f7
 MAX_PIXELS = 100_000_000   # decoded pixels (all frames) above which a file is refused before decoding
 
+MIN_SIDE, MAX_ASPECT = 32, 3.0   # a radiograph's shorter side has at least MIN_SIDE pixels; its longer side is at most MAX_ASPECT times it
+
+def radiograph_problem(rows:int, cols:int)->str|None:
+    "Why a rows×cols image cannot be a chest radiograph (a side under MIN_SIDE pixels, an aspect ratio over MAX_ASPECT), or None."
+    lo, hi = min(rows, cols), max(rows, cols)
+    if lo < MIN_SIDE: return f'a {cols}×{rows} image (Columns×Rows) cannot be a radiograph: each side needs at least {MIN_SIDE} pixels'
+    if hi > MAX_ASPECT * lo: return f'a {cols}×{rows} image (Columns×Rows) cannot be a chest radiograph: its aspect ratio {hi / lo:.1f} is over {MAX_ASPECT:g}'
+    return None
+
 def _check_geometry(path, rows:int, cols:int, frames:int=1):
-    "Refuse, before decoding, a header without an image size or with more than MAX_PIXELS pixels."
+    "Refuse, before decoding, a header without an image size, one that cannot be a radiograph's, or with more than MAX_PIXELS pixels."
     if rows <= 0 or cols <= 0: raise DicomError(path, f'the header gives no image size (Rows {rows}, Columns {cols})')
+    if (why := radiograph_problem(rows, cols)) is not None: raise DicomError(path, f'{why}; refused before decoding')
     n = rows * cols * max(frames, 1)
     if n > MAX_PIXELS:
         what = f'{cols}×{rows}' + (f'×{frames} frames' if frames > 1 else '')
@@ -388,7 +426,7 @@ def read_dicom(path, # a DICOM file
                fast:bool=True, # decode JPEG Baseline at reduced scale when that gives the same image
               )->DicomImage:
     "Read one DICOM into an 8-bit display image (optionally resized) and its header fields."
-    if (why := link_problem(path)) is not None: raise DicomError(path, why)
+    if (why := file_problem(path)) is not None: raise DicomError(path, why)
     if fast and size is not None:
         try: quick = _read_fast(path, size)
         except OSError: quick = None   # missing, a folder, unreadable: _dcmread says which

@@ -361,11 +361,24 @@ def _oof_threshold(contract:EnsembleContract, method:str, target:float)->Thresho
     "A threshold chosen anew, by `method`, on the out-of-fold predictions the ensemble file lists, as `cross_validate` chose its own."
     f = contract.oof
     if not f.is_file(): raise CheckpointError(contract.source, f'lists the out-of-fold predictions {f}, which are missing: no threshold can be chosen on them')
-    oof = pd.read_csv(f)
+    try: oof = pd.read_csv(f)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e: raise CheckpointError(f, f'not a CSV file ({type(e).__name__})') from None
     if missing := {'Target', 'probability'} - set(oof.columns):
         raise CheckpointError(f, f'has no column {", ".join(sorted(missing))}: not the oof.csv that cross_validate writes')
+    _check_oof(oof, f)
     try: return threshold_record(oof.Target, oof.probability, method, target, split='oof')
     except ValueError as e: raise PneumoniaError(f, str(e)) from None
+
+# %% ../nbs/06_evaluation.ipynb #0c31a7f1
+def _check_oof(oof:pd.DataFrame, f:Path):
+    "Refuse out-of-fold predictions read back with a value cross_validate cannot have written: one line naming file, line and column."
+    t, p = pd.to_numeric(oof.Target, errors='coerce'), pd.to_numeric(oof.probability, errors='coerce')
+    for col, ok, what in (('Target', t.isin([0, 1]), 'must be 0 or 1'), ('probability', p.between(0, 1), 'must be a probability between 0 and 1')):
+        if not ok.all():
+            i = int(np.flatnonzero(~ok.to_numpy())[0])
+            raise CheckpointError(f, f'line {i + 2}, {col} {oof[col].iloc[i]!r}: {what}; rerun the cross-validation')
+    if 'patientId' in oof and (d := oof.patientId.duplicated()).any():
+        raise CheckpointError(f, f'line {int(np.flatnonzero(d.to_numpy())[0]) + 2}, patientId {oof.patientId[d].iloc[0]!r}: listed twice; rerun the cross-validation')
 
 # %% ../nbs/06_evaluation.ipynb #43b1e2e5
 def _check_unseen(contract, rows:pd.DataFrame, split:str, cache, allow_seen:bool)->int:

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from fastcore.basics import num_cpus
 from .config import EXPORT_FORMATS, CheckpointError, PneumoniaError, atomic_write, normalise, output_lock, progress_bar
 from .config import refuse_inputs, write_csv
-from .dicom import DicomError, MAX_PIXELS, link_problem, read_dicom, resize_image
+from .dicom import DICOM_SUFFIXES, DicomError, MAX_PIXELS, file_problem, listed_files, radiograph_problem, read_dicom, resize_image
 from .checkpoints import Contract, Ensemble, EnsembleContract, checkpoint_files, load_model, mean_probability_logit
 from .checkpoints import no_ensemble_threshold, single_checkpoint
 
@@ -32,7 +32,7 @@ from .boxes import activation_maps, boxes_json, cam_boxes, prediction_string
 
 # %% ../nbs/07_inference.ipynb #58de0346
 IMAGE_SUFFIXES = ('.dcm', '.dicom', '.png', '.jpg', '.jpeg')
-_DICOM_SUFFIXES = ('.dcm', '.dicom')
+_DICOM_SUFFIXES = DICOM_SUFFIXES   # as preprocess lists them
 
 class ImageError(PneumoniaError):
     "A PNG or JPEG file that cannot be turned into an image; the message names the file and the problem."
@@ -68,9 +68,7 @@ def _check_declared_size(path:Path, data:bytes):
 # %% ../nbs/07_inference.ipynb #a07c0008
 def _read_picture(path:Path)->np.ndarray:
     "The greyscale 8-bit image of a PNG or JPEG (or another file OpenCV decodes), at its own size."
-    if (why := link_problem(path)) is not None: raise ImageError(path, why)
-    if not path.exists(): raise ImageError(path, 'file not found')
-    if path.is_dir(): raise ImageError(path, 'is a folder, not a file')
+    if (why := file_problem(path)) is not None: raise ImageError(path, why)
     try: data = path.read_bytes()
     except OSError as e: raise ImageError(path, f'could not be read ({e.strerror or e})') from None
     if not data: raise ImageError(path, 'empty file')
@@ -78,7 +76,21 @@ def _read_picture(path:Path)->np.ndarray:
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
     if img is None: raise ImageError(path, "neither a DICOM (no 'DICM' marker) nor an image OpenCV can decode; "
                                            "the file may be truncated or corrupt")
+    if (why := radiograph_problem(*img.shape[:2])) is not None: raise ImageError(path, why)
+    _refuse_colour(path, data)
     return _to_uint8(img)
+
+_COLOUR_SPREAD = 0.04   # mean spread of red, green and blue, as a share of the range, above which an image is in colour
+
+def _refuse_colour(path:Path, data:bytes):
+    "Refuse a colour picture (a photograph, a screenshot): a radiograph saved as RGB has the same value in every channel."
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None or img.ndim != 3 or img.shape[2] < 3: return
+    rgb = img[..., :3].astype(np.float32) / float(np.iinfo(img.dtype).max if img.dtype.kind in 'ui' else 1.0)
+    spread = float((rgb.max(-1) - rgb.min(-1)).mean())
+    if spread > _COLOUR_SPREAD:
+        raise ImageError(path, f'a colour image (its red, green and blue differ by {spread:.0%} of the range on average), not a '
+                               'radiograph; give the X-ray itself (DICOM, or a grey PNG/JPEG)')
 
 def read_image(path, # a DICOM, PNG or JPEG file
                size:int, # side of the square output: the checkpoint's `size`
@@ -93,8 +105,6 @@ def read_image(path, # a DICOM, PNG or JPEG file
     return (px, pid, tuple(map(int, hw))) if shape else (px, pid)
 
 # %% ../nbs/07_inference.ipynb #137a22f0
-def _hidden(f:Path, root:Path)->bool: return any(p.startswith('.') for p in f.relative_to(root).parts)
-
 def expand_paths(paths, # files and folders: one path or a list
                 )->list:
     "The image files to predict: files as given, folders searched recursively; in the order given, each file once."
@@ -104,7 +114,7 @@ def expand_paths(paths, # files and folders: one path or a list
     files = []
     for p in paths:
         if p.is_dir():
-            found = sorted(f for f in p.rglob('*') if f.suffix.lower() in IMAGE_SUFFIXES and not _hidden(f, p) and (f.is_file() or f.is_symlink()))
+            found = listed_files(p, IMAGE_SUFFIXES, recursive=True)   # the rule preprocess lists by; what is not a readable file is reported
             if not found: raise FileNotFoundError(f'{p}: no images in this folder (searched it recursively for '
                                                   f'{", ".join(IMAGE_SUFFIXES)} files)')
             files += found

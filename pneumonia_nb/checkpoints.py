@@ -265,7 +265,7 @@ def _beside(path:Path, name:str, field:str='member')->Path:
     if Path(name).is_absolute() or '..' in Path(name).parts or '\\' in name:
         raise CheckpointError(path, f"{field} {name!r} leaves the ensemble file's folder (an absolute path, or one with '..'): "
                                     'an ensemble file names its files relative to its own folder, inside it')
-    return Path(os.path.normpath(path.parent.resolve()/name))
+    return Path(os.path.normpath(path.parent/name))   # inside the folder, named as the ensemble file was given
 
 # %% ../nbs/04a_checkpoints.ipynb #f18a117c
 def _member_files(ms, path:Path)->tuple:

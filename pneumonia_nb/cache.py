@@ -110,6 +110,7 @@ def _bad_row(f:Path, m:pd.DataFrame, ok, field:str, problem:str):
     ok = np.asarray(ok, bool)
     if ok.all(): return
     i = int(np.flatnonzero(~ok)[0]); v = m[field].iloc[i] if field in m else None
+    v = v.item() if isinstance(v, np.generic) else v   # 2, not np.int64(2)
     raise CacheFileError(f, f'line {i + 2}, {field} {v!r}: {problem}; rerun pneumonia_nb preprocess to rebuild the manifest')
 
 def _ints(s:pd.Series)->np.ndarray:
@@ -144,6 +145,19 @@ def _check_manifest(m:pd.DataFrame, f:Path)->list:
     _bad_row(f, m, [b is not None for b in boxes], 'boxes', 'not a JSON list of [x, y, width, height] boxes')
     m['Target'], m['fold'] = m.Target.astype(int), m.fold.astype(int)
     return boxes
+
+# %% ../nbs/02c_cache.ipynb #9b95d17a
+def _check_row_count(m:pd.DataFrame, f:Path, stats_file:Path):
+    "Refuse a manifest cut off inside a row, or whose rows are not the images stats.json counts (a manifest cut at a line break)."
+    with open(f, 'rb') as fh:
+        end = fh.seek(0, 2)
+        last = fh.seek(end - 1) is not None and fh.read(1) if end else b'\n'
+    if last != b'\n': raise CacheFileError(f, f'line {len(m) + 1} is cut off (the file does not end with a line break): it was truncated; rerun pneumonia_nb preprocess')
+    try: n = json.loads(stats_file.read_text()).get('images')
+    except (OSError, ValueError, AttributeError): return   # no count recorded (yet): nothing to compare with
+    if isinstance(n, int) and not isinstance(n, bool) and n != len(m):
+        raise CacheFileError(f, f'holds {len(m)} rows but stats.json counts {n} images: rows were removed or added since '
+                                'preprocess wrote it, or a run was interrupted; rerun pneumonia_nb preprocess')
 
 # %% ../nbs/02c_cache.ipynb #989ff923
 def _check_stats(st, f:Path):
@@ -182,6 +196,7 @@ def load_manifest(cache, # a cache folder written by `preprocess`
     for c in m.columns:
         if m[c].dtype == object or pd.api.types.is_string_dtype(m[c]): m[c] = m[c].map(unescape_csv_value)
     m['boxes'] = _check_manifest(m, f)
+    _check_row_count(m, f, cache/'stats.json')
     m = m.drop(columns='path', errors='ignore')   # a manifest written when the path was stored: derived all the same
     m.insert(m.columns.get_loc('boxes') + 1, 'path', [str(image_file(cache, p)) for p in m.patientId])
     return m

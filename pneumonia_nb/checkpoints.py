@@ -85,7 +85,12 @@ def write_contract(checkpoint:dict, # a checkpoint dictionary being saved
     "Put `contract` (and the run's `config`) into `checkpoint`: the one place that writes them."
     checkpoint[_KEY] = dict(version=contract.version, contract=asdict(contract), config=None if config is None else config.to_dict())
     if isinstance(checkpoint.get('state_dict'), dict): checkpoint[_KEY]['weights_sha256'] = weights_digest(checkpoint['state_dict'])
+    checkpoint[_KEY]['contract_sha256'] = _contract_digest(checkpoint[_KEY]['contract'])
     return checkpoint
+
+def _contract_digest(contract:dict)->str:
+    "SHA-256 (hex) of a contract as stored (plain values, keys sorted): what tells a contract edited after it was saved."
+    return hashlib.sha256(json.dumps(contract, sort_keys=True, default=repr).encode()).hexdigest()
 
 # %% ../nbs/04a_checkpoints.ipynb #e44bb0f7
 def _contract_of(rec:dict, path)->Contract:
@@ -117,6 +122,9 @@ def read_contract(checkpoint:dict, # a loaded checkpoint dictionary
     if not isinstance(rec, dict):
         raise CheckpointError(path, 'no input contract (image size, normalisation): it was not written by pneumonia_nb train')
     con = _contract_of(rec, path); _check_contract(con, path)
+    if (want := rec.get('contract_sha256')) is not None and want != _contract_digest(rec.get('contract')):
+        raise CheckpointError(path, 'its contract (image size, normalisation, threshold, patients) differs from the digest stored when it '
+                                    'was saved: the file was edited after it was written; use another copy, or retrain')
     if rec.get('config') is None: return con, None
     try: return con, config_from_dict(rec['config'], f'{path} (its configuration)')
     except ConfigError as e: raise CheckpointError(path, f'its stored configuration cannot be read: {e.problem}') from None
@@ -265,7 +273,7 @@ def _beside(path:Path, name:str, field:str='member')->Path:
     if Path(name).is_absolute() or '..' in Path(name).parts or '\\' in name:
         raise CheckpointError(path, f"{field} {name!r} leaves the ensemble file's folder (an absolute path, or one with '..'): "
                                     'an ensemble file names its files relative to its own folder, inside it')
-    return Path(os.path.normpath(path.parent/name))   # inside the folder, named as the ensemble file was given
+    return Path(os.path.normpath(path.parent/name))   # as the ensemble file was given: relative stays relative
 
 # %% ../nbs/04a_checkpoints.ipynb #f18a117c
 def _member_files(ms, path:Path)->tuple:

@@ -375,8 +375,8 @@ def _check_oof(oof:pd.DataFrame, f:Path):
     t, p = pd.to_numeric(oof.Target, errors='coerce'), pd.to_numeric(oof.probability, errors='coerce')
     for col, ok, what in (('Target', t.isin([0, 1]), 'must be 0 or 1'), ('probability', p.between(0, 1), 'must be a probability between 0 and 1')):
         if not ok.all():
-            i = int(np.flatnonzero(~ok.to_numpy())[0])
-            raise CheckpointError(f, f'line {i + 2}, {col} {oof[col].iloc[i]!r}: {what}; rerun the cross-validation')
+            i = int(np.flatnonzero(~ok.to_numpy())[0]); v = oof[col].iloc[i]
+            raise CheckpointError(f, f'line {i + 2}, {col} {v.item() if isinstance(v, np.generic) else v!r}: {what}; rerun the cross-validation')
     if 'patientId' in oof and (d := oof.patientId.duplicated()).any():
         raise CheckpointError(f, f'line {int(np.flatnonzero(d.to_numpy())[0]) + 2}, patientId {oof.patientId[d].iloc[0]!r}: listed twice; rerun the cross-validation')
 

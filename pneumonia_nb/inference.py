@@ -40,6 +40,7 @@ class ImageError(PneumoniaError):
 def _is_dicom(path:Path)->bool:
     "Read as a DICOM: a .dcm/.dicom suffix, or the 'DICM' marker after the 128-byte preamble."
     if path.suffix.lower() in _DICOM_SUFFIXES: return True
+    if file_problem(path) is not None: return False   # never opened (a named pipe would wait forever): the reader names the problem
     try:
         with open(path, 'rb') as f: f.seek(128); return f.read(4) == b'DICM'
     except OSError: return False

@@ -271,7 +271,7 @@ def _check_cache_options(args, cfg:RunConfig):
     for field, value in made.items():
         given = chosen.test_share if field == 'test_frac' else getattr(chosen, field)
         if getattr(chosen, field) != getattr(default, field) and given != value:
-            raise ConfigError(f'preprocess.{field}', f'{given} cannot apply: the cache {args.cache} was made with {value}; '
+            raise ConfigError(f'--preprocess.{field}', f'{given} cannot apply: the cache {args.cache} was made with {value}; '
                                                      'give --data to preprocess anew, or leave the option out')
 
 # %% ../nbs/08_cli.ipynb #82e6d52d

@@ -223,7 +223,7 @@ def _scaled_boxes(m:pd.DataFrame, size:int)->list:
 def _write_manifest(cache:Path, table:pd.DataFrame, records:dict, size:int):
     "Join the label table with the cached records and write manifest.csv atomically."
     rec = pd.DataFrame([r for r in records.values() if r.get('ok')])
-    if rec.empty: rec = pd.DataFrame(columns=['patientId', 'orig_rows', 'orig_cols', 'source'])
+    if rec.empty: rec = pd.DataFrame(columns=['patientId', *(c for c in _MANIFEST_COLUMNS if c not in table.columns)])   # none cached yet: an empty manifest
     m = table.merge(rec.drop(columns=['ok', 'error'], errors='ignore'), on='patientId', how='inner')
     m['boxes'] = _scaled_boxes(m, size)
     if 'source' in m: m['source'] = m.source.map(os.path.abspath)   # the record names the source wherever its reader stands

@@ -563,15 +563,13 @@ def predict_images(model, # a `PneumoniaClassifier` (or `Ensemble`) in eval mode
                    logits:bool=False, # the model's logits instead of probabilities
                   )->np.ndarray:
     "Probabilities (or logits) for uint8 images, normalised with the contract's mean and std."
-    out = []
-    for i in progress_bar(range(0, len(images), batch_size), desc='predict', disable=not progress):
-        z = model(model_input(images[i:i + batch_size], model, contract)).float()
-        out.append((z if logits else torch.sigmoid(z)).cpu())
-    p = torch.cat(out).numpy() if out else np.zeros(0, np.float32)
-    if not np.isfinite(p).all():
-        raise PneumoniaError('the model', f'gave a non-finite probability for {int((~np.isfinite(p)).sum())} of {len(p)} images '
+    out = [model(model_input(images[i:i + batch_size], model, contract)).float().cpu()
+           for i in progress_bar(range(0, len(images), batch_size), desc='predict', disable=not progress)]
+    z = torch.cat(out) if out else torch.zeros(0)
+    if not torch.isfinite(z).all():   # an infinite logit too: its sigmoid, 0 or 1, would look like an answer
+        raise PneumoniaError('the model', f'gave a non-finite output for {int((~torch.isfinite(z)).sum())} of {len(z)} images '
                              '(its weights are finite, but its arithmetic overflows): no metric or threshold can be computed from it')
-    return p
+    return (z if logits else torch.sigmoid(z)).numpy()
 
 # %% ../nbs/04a_checkpoints.ipynb #ca37b3bd
 def predict_split(checkpoint, # a checkpoint written by `train`, an ensemble (see `load_model`), or a loaded `(model, contract)`

@@ -205,11 +205,12 @@ def _scores(model, loader, norm, dev, n:int, progress:bool, thr:float|None=None)
             if b['x'] is not None:
                 x = norm(b['x'].to(dev, non_blocking=True))
                 logits, maps = activation_maps(model, x) if thr is not None else (model(x), None)
-                p = torch.sigmoid(logits.float()).cpu().numpy()
-                bx = cam_boxes(maps, np.nan_to_num(p, nan=-1.0), thr, b['shape']) if thr is not None else [None] * len(p)
-                for i, pid, v, bb in zip(b['index'], b['patientId'], p.tolist(), bx):
-                    if np.isfinite(v): probs[i], pids[i], boxes[i] = v, pid, bb
-                    else: failed[i] = f'the model gave a non-finite probability ({v}) for this image, so no prediction is made'
+                z = logits.float().cpu().numpy(); ok = np.isfinite(z)   # an infinite logit is a broken model too, though its sigmoid is 0 or 1
+                p = np.where(ok, 1 / (1 + np.exp(-np.where(ok, z, 0))), -1.0)
+                bx = cam_boxes(maps, p, thr, b['shape']) if thr is not None else [None] * len(p)
+                for i, pid, v, zi, bb in zip(b['index'], b['patientId'], p.tolist(), z.tolist(), bx):
+                    if np.isfinite(zi): probs[i], pids[i], boxes[i] = v, pid, bb
+                    else: failed[i] = f'the model gave a non-finite output (logit {zi}) for this image, so no prediction is made'
             bar.update(len(b['index']) + len(b['failed']))
     return probs, pids, failed, boxes
 
@@ -295,7 +296,7 @@ def predict_files(checkpoint, # a checkpoint written by `train` (its contract gi
         norm = lambda x: normalise(x[:, None] if x.ndim == 3 else x, contract.mean, contract.std)
         probs, pids, failed, bx = _scores(model, _loader(files, contract.size, batch_size, workers, dev), norm, dev, len(files), progress, thr if boxes else None)
         if not probs and failed and all(v.startswith('the model gave a non-finite') for v in failed.values()):
-            raise CheckpointError(where, f'the model gave no finite probability for any of the {len(failed)} images: it is broken; nothing was written')
+            raise CheckpointError(where, f'the model gave no finite output for any of the {len(failed)} images: it is broken; nothing was written')
         df = _table(files, probs, pids, thr, bx if boxes else None)
         if submission is not None: _check_one_per_patient(df, submission)
         seen = _check_seen(contract, df, where, allow_seen)

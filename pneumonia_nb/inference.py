@@ -397,6 +397,7 @@ class ExportResult:
              f'input      image float32 (batch, 1, {c["size"]}, {c["size"]}), grey levels 0-255; normalisation inside',
              'outputs    probability (batch,), logit (batch,)' + (": the mean of the members' probabilities, and its logit" if ms else ''),
              'threshold  ' + (f'{t["value"]:.4g} ({t.get("method")}, {t.get("split")} split)' if t else 'none stored: run pneumonia_nb evaluate, then export again'),
+             'calibrated ' + (f'sigmoid({k["slope"]:.4g}·logit {k["intercept"]:+.4g}) inside the model ({k["split"]} split)' if (k := c.get('calibration')) else 'no: the network\'s own probabilities'),
              'checked    max |difference| from PyTorch: ' + ', '.join(f'{k} {v:.1e}' if v is not None else f'{k} not checked (no onnxruntime)' for k, v in c['verified'].items()),
              f'time       {self.seconds:.1f} s']
         return '\n'.join(s)

@@ -508,3 +508,5 @@ class CalibrationRecord:
     ece_before:float|None=None # expected calibration error there, before
     ece_after:float|None=None # and after (on the patients it was fitted on: optimistic)
     by:str='' # which command fitted it ('train', 'cross_validate')
+    log_loss_before:float|None=None # mean log-loss there, before (what the fit minimises)
+    log_loss_after:float|None=None # and after

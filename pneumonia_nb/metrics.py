@@ -212,10 +212,11 @@ def _sigmoid(z:np.ndarray)->np.ndarray: return np.exp(-np.logaddexp(0, -z))
 
 def fit_platt(y, # 0/1 labels
               z, # the model's logits for them
-              ridge:float=1e-4, # pull of (slope, intercept) towards (1, 0)
+              ridge:float|None=None, # pull of (slope, intercept) towards (1, 0); None: 1/len(y), about one patient's worth
              )->tuple: # (slope, intercept)
-    "The slope and intercept on the logit that minimise the mean log-loss of (y, sigmoid(slope·z + intercept))."
+    "The slope and intercept on the logit that minimise the mean log-loss of (y, sigmoid(slope·z + intercept)), plus the pull."
     y, z = as_arrays(y, z); X = np.stack([z, np.ones_like(z)], 1); w0 = np.array([1.0, 0.0]); w = w0.copy()
+    ridge = 1 / max(len(y), 1) if ridge is None else ridge
     loss = lambda w: float(np.mean(np.logaddexp(0, X @ w) - y * (X @ w)) + ridge / 2 * np.sum((w - w0) ** 2))
     for _ in range(100):
         q = _sigmoid(X @ w)
@@ -251,10 +252,14 @@ def calibration_record(y, # labels of the patients it is fitted on
     y, z = as_arrays(y, z)
     if not y.sum() or y.sum() == len(y): raise ValueError(f'calibration needs both classes; got {int(y.sum())} positives of {len(y)}')
     a, b = fit_platt(y, z)
-    if not a > 0: raise ValueError(f'the fitted slope is {a:.3g}: on these patients the model ranks positives below negatives, so no calibration is fitted')
+    if not a > 0: raise ValueError(f'the fitted slope is {a:.3g}, not positive: on these patients a higher logit does not go with more pneumonia, '
+                                   'so no calibration is fitted')
     rec = CalibrationRecord(a, b, method, split, len(y), int(y.sum()), by=by)
     rec.ece_before, rec.ece_after = expected_calibration_error(y, _sigmoid(z)), expected_calibration_error(y, _sigmoid(calibrated(z, rec)))
+    rec.log_loss_before, rec.log_loss_after = _log_loss(y, z), _log_loss(y, calibrated(z, rec))
     return rec
+
+def _log_loss(y:np.ndarray, z:np.ndarray)->float: return float(np.mean(np.logaddexp(0, z) - y * z))   # of sigmoid(z), from the logits
 
 # %% ../nbs/03a_metrics.ipynb #f8a7e041
 def precision_at_recall(y, p, recall:float=EvaluateConfig.target)->tuple: # (precision, threshold); (nan, nan) without positives

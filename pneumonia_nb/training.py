@@ -147,7 +147,8 @@ def _num(v:float)->str: return 'n/a' if v != v else f'{v:.4f}'   # n/a: e.g. pre
 def _calibration_line(c:CalibrationRecord, where:str)->str:
     "One line on a fitted calibration, for the summaries of `train` and `cross_validate`."
     return (f'calibration  sigmoid({c.slope:.3f}·logit {c.intercept:+.3f}) (Platt), fitted on {where}, {c.n} patients: '
-            f'ECE there {c.ece_before:.3f} -> {c.ece_after:.3f} (optimistic: measured where it was fitted; evaluate measures it on new patients)')
+            f'log-loss there {c.log_loss_before:.3f} -> {c.log_loss_after:.3f}, ECE {c.ece_before:.3f} -> {c.ece_after:.3f} '
+            '(optimistic: measured where it was fitted; evaluate measures it on new patients)')
 
 @dataclass
 class TrainResult:

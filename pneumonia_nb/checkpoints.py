@@ -23,10 +23,11 @@ import pytorch_lightning as pl
 from fastcore.basics import patch
 
 # %% ../nbs/04a_checkpoints.ipynb #5a908cdd
-from .config import BACKBONES, CheckpointError, ConfigError, PneumoniaError, RunConfig, ThresholdRecord
+from .config import BACKBONES, CalibrationRecord, CheckpointError, ConfigError, PneumoniaError, RunConfig, ThresholdRecord
 from .config import atomic_write, config_from_dict, normalise, progress_bar, resolve_device
 from .cache import load_manifest, load_stats
 from .dataset import load_images
+from .metrics import calibrated
 from .model import PneumoniaClassifier
 
 # %% ../nbs/04a_checkpoints.ipynb #c04be89e
@@ -58,7 +59,8 @@ class Contract:
     train_patients:str='' # `encode_patients` of the patients it trained on
     val_patients:str='' # `encode_patients` of the patients that chose its checkpoint and threshold
     threshold:ThresholdRecord|None=None # the operating threshold, once chosen
-    version:int=2 # version of this record
+    calibration:CalibrationRecord|None=None # how its logits become calibrated probabilities (None: they are used as they are)
+    version:int=3 # version of this record (3: with `calibration`)
 
     def seen(self, ids)->np.ndarray:
         "Which of `ids` this model trained on or chose its threshold on."
@@ -96,14 +98,30 @@ def _contract_digest(contract:dict)->str:
 def _contract_of(rec:dict, path)->Contract:
     "The `Contract` of a checkpoint's record, of either version; unknown fields are left out."
     if 'contract' not in rec: rec = dict(version=1, contract=rec, config=None)   # version 1: the contract's fields at the top
+    v = rec.get('version')
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= Contract.version:
+        raise CheckpointError(path, f'its contract has format {v!r}: this pneumonia_nb reads formats 1 to {Contract.version}; upgrade pneumonia_nb')
     c = dict(rec['contract'])
-    thr = c.pop('threshold', None)
+    thr, cal = c.pop('threshold', None), c.pop('calibration', None)
     if thr is not None and not isinstance(thr, dict): thr = dict(value=thr, method='unknown')
     known = lambda cls, d: {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
-    try: return Contract(**known(Contract, c), threshold=None if thr is None else ThresholdRecord(**known(ThresholdRecord, thr)))
+    try: return Contract(**known(Contract, c), threshold=None if thr is None else ThresholdRecord(**known(ThresholdRecord, thr)),
+                         calibration=_calibration_from(cal, path))
     except TypeError as e: raise CheckpointError(path, f'its contract is incomplete ({e})') from None
 
 def _finite(v)->bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+def _calibration_from(d, # the plain mapping a file stores (or None)
+                     path, # that file, named in errors
+                    )->CalibrationRecord|None:
+    "The `CalibrationRecord` a checkpoint or ensemble file stores, checked: a finite positive slope and a finite intercept."
+    if d is None: return None
+    if not isinstance(d, dict): raise CheckpointError(path, f'its calibration is {d!r}, not a calibration record')
+    try: c = CalibrationRecord(**{k: v for k, v in d.items() if k in {f.name for f in fields(CalibrationRecord)}})
+    except TypeError as e: raise CheckpointError(path, f'its calibration record is incomplete ({e})') from None
+    if not (_finite(c.slope) and c.slope > 0): raise CheckpointError(path, f'its calibration slope {c.slope!r} is not a positive number')
+    if not _finite(c.intercept): raise CheckpointError(path, f'its calibration intercept {c.intercept!r} is not a finite number')
+    return c
 
 # %% ../nbs/04a_checkpoints.ipynb #77d9810f
 def _check_contract(con:Contract, path):
@@ -244,7 +262,7 @@ def mean_probability_logit(logits:torch.Tensor, # (M, B): M members' logits for 
 
 # %% ../nbs/04a_checkpoints.ipynb #cba3ccc9
 ENSEMBLE_FILE = 'ensemble.json'
-_ENSEMBLE_VERSION = 1
+_ENSEMBLE_VERSION = 2   # 2: with `calibration`
 
 @dataclass
 class EnsembleFile:
@@ -256,6 +274,7 @@ class EnsembleFile:
     digests: list|None = None # each member's `weights_digest` when the file was written (None: not recorded)
     oof: Path|None = None # the out-of-fold predictions the threshold was chosen on
     by: str = '' # what wrote the file
+    calibration: CalibrationRecord|None = None # how the ensemble's logit becomes a calibrated probability (None: as it is)
 
 # %% ../nbs/04a_checkpoints.ipynb #2f38bb72
 def _threshold_from(d, path)->ThresholdRecord|None:
@@ -307,7 +326,7 @@ def _parse_ensemble(doc, path:Path)->EnsembleFile:
     if isinstance(n, bool) or not isinstance(n, int) or n < 0: raise CheckpointError(path, f'its patient count n={n!r} is not a count')
     if oof is not None and not (isinstance(oof, str) and oof): raise CheckpointError(path, f'its oof entry {oof!r} is not a file name')
     return EnsembleFile(path, files, _threshold_from(doc.get('threshold'), path), n, None if all(d is None for d in digests) else digests,
-                        None if oof is None else _beside(path, oof, 'oof'), str(doc.get('by', '')))
+                        None if oof is None else _beside(path, oof, 'oof'), str(doc.get('by', '')), _calibration_from(doc.get('calibration'), path))
 
 # %% ../nbs/04a_checkpoints.ipynb #ccb52573
 def _listed_name(path:Path, f, i:int|None=None)->str:
@@ -332,17 +351,20 @@ def write_ensemble(path, # the file to write, ending with .json (`ENSEMBLE_FILE`
                    digests:list|None=None, # each member's `weights_digest`, checked when the ensemble is loaded
                    oof=None, # the predictions file the threshold was chosen on
                    by:str='', # what writes the file
+                   calibration:CalibrationRecord|None=None, # the ensemble's calibration, fitted where the threshold was chosen
                   )->Path:
     "Write an ensemble file, atomically, once the reader's checks pass: the one place that writes one."
     path, members = Path(path), [Path(m) for m in members]
     if path.suffix.lower() != '.json': raise ValueError(f'{path}: an ensemble file ends with .json (that is how it is told from a checkpoint)')
     if digests is not None and len(digests) != len(members): raise ValueError(f'{len(digests)} digests for {len(members)} members')
     _threshold_from(None if threshold is None else asdict(threshold), path)   # refused before a member is linked
+    _calibration_from(None if calibration is None else asdict(calibration), path)
     rel = lambda f, i=None: _listed_name(path, f, i)
     doc = dict(pneumonia_nb='ensemble', version=_ENSEMBLE_VERSION,
                members=[dict(checkpoint=rel(f, i), **({} if digests is None else dict(weights_sha256=digests[i]))) for i, f in enumerate(members)],
                threshold=None if threshold is None else asdict(threshold), n=int(n),
-               oof=None if oof is None else rel(oof), by=by, created=datetime.datetime.now().isoformat(timespec='seconds'))
+               oof=None if oof is None else rel(oof), by=by, created=datetime.datetime.now().isoformat(timespec='seconds'),
+               calibration=None if calibration is None else asdict(calibration))
     _parse_ensemble(json.loads(json.dumps(doc)), path)   # what the reader would refuse is never written
     return atomic_write(path, json.dumps(doc, indent=2))
 
@@ -376,6 +398,7 @@ class EnsembleContract:
     members:list # the members' own `Contract`s, in order
     files:list # the member checkpoints, in order
     threshold:ThresholdRecord|None=None # the ensemble's operating threshold, from its ensemble file (never a member's)
+    calibration:CalibrationRecord|None=None # the ensemble's calibration, from its ensemble file (after the members' own)
     source:Path|None=None # the ensemble file it came from (None: a list of checkpoints)
     oof:Path|None=None # the out-of-fold predictions its threshold was chosen on, when the file lists them
     mean:float=0.0 # with `std`, the identity for `normalise`: each member normalises inside `Ensemble`
@@ -407,16 +430,18 @@ def no_ensemble_threshold(where, # the ensemble, in words (`EnsembleContract.nam
 class Ensemble(torch.nn.Module):
     "Classifiers as one: grey levels 0–255 (B,1,S,S) in, the logit of the members' mean probability (B,) out"
     def __init__(self, models:list, # the members (`PneumoniaClassifier`s)
-                 contracts:list): # their `Contract`s: each member's images are normalised with its own mean and std
+                 contracts:list, # their `Contract`s: each member's images are normalised with its own mean and std
+                 calibration:CalibrationRecord|None=None): # the ensemble's own, applied to the logit of the mean
         super().__init__()
         self.models = torch.nn.ModuleList(models)
         self.norms = [(float(c.mean), float(c.std)) for c in contracts]
+        self.calibration = calibration
 
     def member_logits(self, x:torch.Tensor)->torch.Tensor:
         "(M, B): each member's logits, from the images normalised its own way."
         return torch.stack([m(normalise(x, mean, std)) for m, (mean, std) in zip(self.models, self.norms)])
 
-    def forward(self, x:torch.Tensor)->torch.Tensor: return mean_probability_logit(self.member_logits(x))
+    def forward(self, x:torch.Tensor)->torch.Tensor: return calibrated(mean_probability_logit(self.member_logits(x)), self.calibration)
 
 # %% ../nbs/04a_checkpoints.ipynb #0fb2a36f
 def single_checkpoint(checkpoint)->Path|None:
@@ -460,9 +485,10 @@ def load_ensemble(checkpoints, # checkpoint files, or an ensemble file or a fold
     device = resolve_device(map_location)   # a device that is not there fails before any work
     models, contracts = zip(*[load_classifier(f, backbone=backbone, trusted=trusted, map_location=device) for f in files])
     _check_members(files, models, contracts, spec)
+    cal = None if spec is None else spec.calibration
     contract = EnsembleContract(contracts[0].size, list(contracts), files, threshold=None if spec is None else spec.threshold,
-                                source=None if spec is None else spec.path, oof=None if spec is None else spec.oof)
-    return Ensemble(list(models), list(contracts)).to(device).eval(), contract
+                                calibration=cal, source=None if spec is None else spec.path, oof=None if spec is None else spec.oof)
+    return Ensemble(list(models), list(contracts), cal).to(device).eval(), contract
 
 # %% ../nbs/04a_checkpoints.ipynb #f2412453
 def load_model(checkpoint, # a checkpoint file; or an ensemble: several checkpoint files, an ensemble file, or a folder holding one
@@ -533,15 +559,17 @@ def predict_images(model, # a `PneumoniaClassifier` (or `Ensemble`) in eval mode
                    images:np.ndarray, # uint8 (N,S,S) images as the cache holds them
                    contract, # the checkpoint's `Contract` (mean, std)
                    batch_size:int=128,
-                   progress:bool=False)->np.ndarray:
-    "Probabilities for uint8 images, normalised with the contract's mean and std."
+                   progress:bool=False,
+                   logits:bool=False, # the model's logits instead of probabilities
+                  )->np.ndarray:
+    "Probabilities (or logits) for uint8 images, normalised with the contract's mean and std."
     out = [model(model_input(images[i:i + batch_size], model, contract)).float().cpu()
            for i in progress_bar(range(0, len(images), batch_size), desc='predict', disable=not progress)]
     z = torch.cat(out) if out else torch.zeros(0)
     if not torch.isfinite(z).all():   # an infinite logit too: its sigmoid, 0 or 1, would look like an answer
         raise PneumoniaError('the model', f'gave a non-finite output for {int((~torch.isfinite(z)).sum())} of {len(z)} images '
                              '(its weights are finite, but its arithmetic overflows): no metric or threshold can be computed from it')
-    return torch.sigmoid(z).numpy()
+    return (z if logits else torch.sigmoid(z)).numpy()
 
 # %% ../nbs/04a_checkpoints.ipynb #ca37b3bd
 def predict_split(checkpoint, # a checkpoint written by `train`, an ensemble (see `load_model`), or a loaded `(model, contract)`

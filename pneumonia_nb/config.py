@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Literal, Union, get_args, get_origin, get_type_hints
 
 # %% auto #0
-__all__ = ['DISK_FULL', 'LOCK_FILE', 'Backbone', 'Split', 'Optimizer', 'Scheduler', 'Loss', 'ThresholdMethod', 'ExportFormat',
-           'BACKBONES', 'SPLITS', 'OPTIMIZERS', 'SCHEDULERS', 'LOSSES', 'THRESHOLD_METHODS', 'EXPORT_FORMATS',
-           'RECIPES', 'PneumoniaError', 'ConfigError', 'CheckpointError', 'atomic_write', 'disk_full_message',
-           'safe_csv_value', 'unescape_csv_value', 'write_csv', 'output_lock', 'refuse_inputs', 'resolve_device',
-           'normalise', 'is_interactive', 'progress_bar', 'DemoConfig', 'PreprocessConfig', 'ModelConfig',
-           'OptimConfig', 'AugmentConfig', 'HardwareConfig', 'FitConfig', 'EvaluateConfig', 'RunConfig', 'recipe',
-           'config_from_dict', 'save_config', 'load_config', 'yaml_problem', 'ThresholdRecord']
+__all__ = ['DISK_FULL', 'LOCK_FILE', 'Backbone', 'Split', 'Optimizer', 'Scheduler', 'Loss', 'ThresholdMethod',
+           'CalibrationMethod', 'ExportFormat', 'BACKBONES', 'SPLITS', 'OPTIMIZERS', 'SCHEDULERS', 'LOSSES',
+           'THRESHOLD_METHODS', 'CALIBRATION_METHODS', 'EXPORT_FORMATS', 'RECIPES', 'PneumoniaError', 'ConfigError',
+           'CheckpointError', 'atomic_write', 'disk_full_message', 'safe_csv_value', 'unescape_csv_value', 'write_csv',
+           'output_lock', 'refuse_inputs', 'resolve_device', 'normalise', 'is_interactive', 'progress_bar',
+           'DemoConfig', 'PreprocessConfig', 'ModelConfig', 'OptimConfig', 'AugmentConfig', 'HardwareConfig',
+           'FitConfig', 'EvaluateConfig', 'RunConfig', 'recipe', 'config_from_dict', 'save_config', 'load_config',
+           'yaml_problem', 'ThresholdRecord', 'CalibrationRecord']
 
 # %% ../nbs/00_config.ipynb #0086be49
 import numpy as np
@@ -176,9 +177,10 @@ Optimizer = Literal['adam', 'adamw', 'sgd']
 Scheduler = Literal['cosine', 'onecycle', 'none']
 Loss = Literal['bce', 'focal']
 ThresholdMethod = Literal['sensitivity', 'youden', 'f1', 'fixed']
+CalibrationMethod = Literal['platt', 'none']
 ExportFormat = Literal['torchscript', 'onnx']
-BACKBONES, SPLITS, OPTIMIZERS, SCHEDULERS, LOSSES, THRESHOLD_METHODS, EXPORT_FORMATS = (
-    get_args(t) for t in (Backbone, Split, Optimizer, Scheduler, Loss, ThresholdMethod, ExportFormat))
+BACKBONES, SPLITS, OPTIMIZERS, SCHEDULERS, LOSSES, THRESHOLD_METHODS, CALIBRATION_METHODS, EXPORT_FORMATS = (
+    get_args(t) for t in (Backbone, Split, Optimizer, Scheduler, Loss, ThresholdMethod, CalibrationMethod, ExportFormat))
 
 # %% ../nbs/00_config.ipynb #c311541c
 def _check(group:str, name:str, ok:bool, problem:str):
@@ -354,6 +356,7 @@ class FitConfig:
 class EvaluateConfig:
     "Evaluation"
     threshold_method:ThresholdMethod='sensitivity' # how the operating threshold is chosen on the validation split
+    calibrate:CalibrationMethod='platt' # probabilities calibrated on the patients the threshold is chosen on: 'platt' (a slope and an intercept on the logit) or 'none'
     target:float=0.835 # sensitivity to reach with 'sensitivity' (the original example's recall), or the threshold itself with 'fixed' (0 to 1)
     bootstrap:int=2000 # bootstrap resamples of the 95% confidence intervals (at least 0; 0: none)
     cam:bool=True # Grad-CAM localization scores and gallery
@@ -491,3 +494,19 @@ class ThresholdRecord:
     chosen:str='' # when (ISO date)
     by:str='' # which command chose it ('train', 'evaluate')
     metrics:dict=field(default_factory=dict) # recall, specificity, precision at `value` on that split
+
+# %% ../nbs/00_config.ipynb #89997b03
+@dataclass
+class CalibrationRecord:
+    "How a model's logits become calibrated probabilities: probability = sigmoid(slope · logit + intercept)"
+    slope:float # multiplies the logit (positive: the order of the images never changes)
+    intercept:float # added to it
+    method:str='platt' # how it was fitted
+    split:str='val' # the patients it was fitted on ('val', 'oof')
+    n:int=0 # patients it was fitted on
+    positives:int=0 # positives among them
+    ece_before:float|None=None # expected calibration error there, before
+    ece_after:float|None=None # and after (on the patients it was fitted on: optimistic)
+    by:str='' # which command fitted it ('train', 'cross_validate')
+    log_loss_before:float|None=None # mean log-loss there, before (what the fit minimises)
+    log_loss_after:float|None=None # and after

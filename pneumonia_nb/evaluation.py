@@ -31,7 +31,8 @@ __all__ = ['AGE_BANDS', 'calibrate_threshold', 'plot_curves', 'plot_reliability'
 from .config import progress_bar
 
 # %% ../nbs/06_evaluation.ipynb #fc3cd0f8
-from .metrics import as_arrays, auroc, average_precision, brier_score, calibration_bins, ci_text, confusion
+from .metrics import as_arrays, auroc, average_precision, brier_score, calibrated, calibration_bins, ci_text, confusion
+from .metrics import logits_of, uncalibrated
 from .metrics import expected_calibration_error, image_scores, mean_ci, metric_table, pr_points, roc_points, threshold_metrics, threshold_record
 
 # %% ../nbs/06_evaluation.ipynb #89df4f57
@@ -83,13 +84,20 @@ def plot_curves(y, p, threshold:float)->plt.Figure:
     fig.tight_layout(); return fig   # the legends sit below the axes, clear of the curves and the marks
 
 # %% ../nbs/06_evaluation.ipynb #2cdad11b
-def plot_reliability(y, p, bins:int=10)->plt.Figure:
+def plot_reliability(y, p, bins:int=10,
+                     before=None, # the same patients' probabilities before the model's calibration, drawn beside (None: not drawn)
+                    )->plt.Figure:
     "Reliability diagram: observed frequency against mean probability per bin, with the bins' counts below."
-    n, mp, fy = calibration_bins(y, p, bins); ok = n > 0
-    mp, fy = mp[ok], fy[ok]
     fig, (a, c) = plt.subplots(2, 1, figsize=(5, 5.6), gridspec_kw=dict(height_ratios=[3, 1]), sharex=True)
     a.plot([0, 1], [0, 1], ':', c='grey', label='perfect calibration')
-    a.plot(mp, fy, 'o-', label=f'model (ECE {expected_calibration_error(y, p, bins):.3f}, Brier {brier_score(y, p):.3f})')
+    if before is not None:
+        nb_, mb, fb = calibration_bins(y, before, bins)
+        a.plot(mb[nb_ > 0], fb[nb_ > 0], 's--', c='tab:orange', alpha=.8,
+               label=f'before calibration (ECE {expected_calibration_error(y, before, bins):.3f}, Brier {brier_score(y, before):.3f})')
+    n, mp, fy = calibration_bins(y, p, bins); ok = n > 0
+    mp, fy = mp[ok], fy[ok]
+    a.plot(mp, fy, 'o-', c='tab:blue', label=('calibrated' if before is not None else 'model')
+           + f' (ECE {expected_calibration_error(y, p, bins):.3f}, Brier {brier_score(y, p):.3f})')
     a.set(ylabel='observed frequency of pneumonia', title='Reliability diagram', ylim=(-0.02, 1.02)); a.legend(fontsize=8); a.grid(alpha=.3)
     c.bar((np.arange(bins) + .5) / bins, n, width=1 / bins * .9); c.set(xlabel='predicted probability', ylabel='patients', xlim=(0, 1))
     fig.tight_layout(); return fig
@@ -366,7 +374,8 @@ def _oof_threshold(contract:EnsembleContract, method:str, target:float)->Thresho
     if missing := {'Target', 'probability'} - set(oof.columns):
         raise CheckpointError(f, f'has no column {", ".join(sorted(missing))}: not the oof.csv that cross_validate writes')
     _check_oof(oof, f)
-    try: return threshold_record(oof.Target, oof.probability, method, target, split='oof')
+    p = 1 / (1 + np.exp(-calibrated(logits_of(oof.probability), contract.calibration)))   # the members' predictions, calibrated as the ensemble's are
+    try: return threshold_record(oof.Target, p, method, target, split='oof')
     except ValueError as e: raise PneumoniaError(f, str(e)) from None
 
 # %% ../nbs/06_evaluation.ipynb #0c31a7f1
@@ -426,7 +435,8 @@ _OUTPUTS = ('metrics.json', 'predictions.csv', 'report.md', 'curves.png', 'relia
 def _keep_threshold(model, contract, ckpt_path, thr:ThresholdRecord, path):
     "Write the model with a newly chosen threshold to `path`: a checkpoint, or for an ensemble an ensemble file."
     if isinstance(contract, EnsembleContract):   # an ensemble's checkpoint is its ensemble file
-        write_ensemble(path, contract.files, thr, n=thr.n, oof=contract.oof, by='evaluate', digests=[weights_digest(mm.state_dict()) for mm in model.models])
+        write_ensemble(path, contract.files, thr, n=thr.n, oof=contract.oof, by='evaluate', digests=[weights_digest(mm.state_dict()) for mm in model.models],
+                       calibration=contract.calibration)
     else:
         model.contract = dataclasses.replace(contract, threshold=thr)
         save_classifier(model, path, source=ckpt_path)
@@ -461,6 +471,16 @@ def _where_it_looks(model, contract, images:np.ndarray, pred:pd.DataFrame, m:pd.
                                                          (('true positives', 'TP'), ('false positives', 'FP'), ('false negatives', 'FN'))}
 
 # %% ../nbs/06_evaluation.ipynb #e3554804
+def _before_calibration(p:np.ndarray, contract)->np.ndarray|None:
+    "The probabilities `p` as the model stated them before its calibration (None: it has none)."
+    if contract.calibration is None: return None
+    return 1 / (1 + np.exp(-uncalibrated(logits_of(p), contract.calibration)))
+
+def _calibration_here(y, p, before, contract)->dict|None:
+    "metrics.json's calibration: the record the model brings, and the expected calibration error on these patients before and after it."
+    if contract.calibration is None: return None
+    return dict(dataclasses.asdict(contract.calibration), ece_before_here=expected_calibration_error(y, before), ece_after_here=expected_calibration_error(y, p))
+
 def _record(res:EvaluationResult, cache:Path, ckpt_path, contract, seen:int, o:_Options, gallery:dict|None, files:list)->dict:
     "What metrics.json holds: the model, the data, the threshold and every table of `res`."
     y, p, thr = res.predictions.Target.to_numpy(), res.predictions.probability.to_numpy(), res.threshold['value']
@@ -486,8 +506,9 @@ def _evaluate(checkpoint, cache:Path, out:Path, o:_Options)->EvaluationResult:
     pred = rows.assign(probability=predict_images(model, images, contract, o.batch_size, o.progress))
     pred['prediction'] = (pred.probability >= thr).astype(int)
     y, p = pred.Target.to_numpy(), pred.probability.to_numpy()
+    before = _before_calibration(p, contract)
     out.mkdir(parents=True, exist_ok=True)
-    figs = {'curves.png': plot_curves(y, p, thr), 'reliability.png': plot_reliability(y, p),
+    figs = {'curves.png': plot_curves(y, p, thr), 'reliability.png': plot_reliability(y, p, before=before),
             'confusion.png': plot_confusion(y, p, thr), 'scores.png': plot_scores(y, p, thr)}
     loc, gallery = _where_it_looks(model, contract, images, pred, m, split, thr, o, figs)
     boxes = _box_scores(model, contract, images, pred, m, split, thr, o, figs)
@@ -497,6 +518,7 @@ def _evaluate(checkpoint, cache:Path, out:Path, o:_Options)->EvaluationResult:
     res = EvaluationResult(out, split, dataclasses.asdict(thr_rec), metric_table(y, p, thr, o.n_resamples, seed=o.seed),
                            metric_table(y, p, 0.5, o.n_resamples, seed=o.seed), subgroup_table(pred, thr), loc, pred, note, boxes)
     record = _record(res, cache, ckpt_path, contract, seen, o, gallery, sorted(figs) + ['predictions.csv', 'report.md'])
+    record['calibration'] = _calibration_here(y, p, before, contract)
     atomic_write(out/'metrics.json', json.dumps(_jsonable(record), indent=2))
     atomic_write(out/'report.md', _report(res, record))
     return res
@@ -520,6 +542,14 @@ def _model_line(rec:dict)->str:
             + (f" (ensemble file `{rec['checkpoint']}`)" if rec['checkpoint'] else ''))
 
 # %% ../nbs/06_evaluation.ipynb #da5d3047
+def _calibration_lines(c:dict|None)->list:
+    "The report's words on the model's calibration: what it is, where it was fitted, and what it does on these patients."
+    if c is None: return ['The model has no calibration: its probabilities are the network\'s own.', '']
+    return [f"Probabilities are calibrated (Platt: sigmoid({c['slope']:.3f}·logit {c['intercept']:+.3f})), fitted on the {c['split']} "
+            f"predictions of {c['n']} patients ({c['positives']} positive) by {c['by']}. On these patients the expected calibration "
+            f"error is **{c['ece_after_here']:.3f}**, against {c['ece_before_here']:.3f} before calibration; the ranking (AUROC, AP) "
+            'is the same either way.', '']
+
 def _report(res:EvaluationResult, rec:dict)->str:
     t = res.threshold
     mt = pd.DataFrame({'metric': [_NAMES[k] for k in res.metrics.index],
@@ -535,7 +565,7 @@ def _report(res:EvaluationResult, rec:dict)->str:
              "## Metrics", '', f"95% percentile-bootstrap confidence intervals over {rec['n_resamples']} resamples of the patients.", '',
              _md_table(mt), '', '![ROC and precision-recall curves](curves.png)', '',
              '![Confusion matrix](confusion.png) ![Scores by class](scores.png)', '',
-             '## Calibration', '', '![Reliability diagram](reliability.png)', '',
+             '## Calibration', '', *_calibration_lines(rec.get('calibration')), '![Reliability diagram](reliability.png)', '',
              '## Subgroups', '', 'From the DICOM headers. Small groups have wide uncertainty: read the counts first.', '',
              _md_table(res.subgroups), '']
     if res.localization is not None:

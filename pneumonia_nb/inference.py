@@ -17,7 +17,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from fastcore.basics import num_cpus
 from .config import EXPORT_FORMATS, CheckpointError, PneumoniaError, atomic_write, normalise, output_lock, progress_bar
-from .config import refuse_inputs, write_csv
+from .config import CalibrationRecord, refuse_inputs, write_csv
+from .metrics import calibrated
 from .dicom import DICOM_SUFFIXES, DicomError, MAX_PIXELS, file_problem, listed_files, radiograph_problem, read_dicom, resize_image
 from .checkpoints import Contract, Ensemble, EnsembleContract, checkpoint_files, load_model, mean_probability_logit
 from .checkpoints import no_ensemble_threshold, single_checkpoint
@@ -309,22 +310,24 @@ def predict_files(checkpoint, # a checkpoint written by `train` (its contract gi
 
 # %% ../nbs/07_inference.ipynb #9b12c5bb
 class ExportedClassifier(nn.Module):
-    "The network with its normalisation built in: float32 grey levels 0–255 (B,1,S,S) -> (probability (B,), logit (B,))."
+    "The network with its normalisation and calibration built in: float32 grey levels 0–255 (B,1,S,S) -> (probability (B,), logit (B,))."
     def __init__(self, backbone:nn.Module, # the classifier's backbone (one logit per image)
-                 mean:float, std:float): # normalisation of pixel values / 255, from the contract
+                 mean:float, std:float, # normalisation of pixel values / 255, from the contract
+                 calibration:CalibrationRecord|None=None): # the contract's calibration of the logit
         super().__init__()
-        self.backbone, self.mean, self.std = backbone, float(mean), float(std)
+        self.backbone, self.mean, self.std, self.calibration = backbone, float(mean), float(std), calibration
     def forward(self, image:torch.Tensor):
-        logit = self.backbone(normalise(image, self.mean, self.std))[:, 0]
+        logit = calibrated(self.backbone(normalise(image, self.mean, self.std))[:, 0], self.calibration)
         return torch.sigmoid(logit), logit
 
 # %% ../nbs/07_inference.ipynb #ab38b4eb
 class ExportedEnsemble(nn.Module):
-    "Members' `ExportedClassifier`s as one: float32 grey levels 0–255 (B,1,S,S) -> (mean probability (B,), its logit (B,))."
-    def __init__(self, members:list): # `ExportedClassifier`s, each with its own normalisation
-        super().__init__(); self.members = nn.ModuleList(members)
+    "Members' `ExportedClassifier`s as one: float32 grey levels 0–255 (B,1,S,S) -> (mean probability (B,), its logit (B,)), calibrated."
+    def __init__(self, members:list, # `ExportedClassifier`s, each with its own normalisation and calibration
+                 calibration:CalibrationRecord|None=None): # the ensemble's calibration of the logit of the mean
+        super().__init__(); self.members, self.calibration = nn.ModuleList(members), calibration
     def forward(self, image:torch.Tensor):
-        logit = mean_probability_logit(torch.stack([m(image)[1] for m in self.members]))
+        logit = calibrated(mean_probability_logit(torch.stack([m(image)[1] for m in self.members])), self.calibration)
         return torch.sigmoid(logit), logit
 
 # %% ../nbs/07_inference.ipynb #7f7a2849
@@ -394,6 +397,7 @@ class ExportResult:
              f'input      image float32 (batch, 1, {c["size"]}, {c["size"]}), grey levels 0-255; normalisation inside',
              'outputs    probability (batch,), logit (batch,)' + (": the mean of the members' probabilities, and its logit" if ms else ''),
              'threshold  ' + (f'{t["value"]:.4g} ({t.get("method")}, {t.get("split")} split)' if t else 'none stored: run pneumonia_nb evaluate, then export again'),
+             'calibrated ' + (f'sigmoid({k["slope"]:.4g}·logit {k["intercept"]:+.4g}) inside the model ({k["split"]} split)' if (k := c.get('calibration')) else 'no: the network\'s own probabilities'),
              'checked    max |difference| from PyTorch: ' + ', '.join(f'{k} {v:.1e}' if v is not None else f'{k} not checked (no onnxruntime)' for k, v in c['verified'].items()),
              f'time       {self.seconds:.1f} s']
         return '\n'.join(s)
@@ -427,8 +431,9 @@ def export_model(checkpoint, # a checkpoint written by `train`, or an ensemble: 
     where = contract.name if ensemble else single_checkpoint(checkpoint)
     size, threshold = contract.size, None if contract.threshold is None else dataclasses.asdict(contract.threshold)
     if threshold is None: _warn_no_threshold(where, ensemble)
-    wrapper = (ExportedEnsemble([ExportedClassifier(m.backbone, c.mean, c.std) for m, c in zip(model.models, contract.members)]) if ensemble
-               else ExportedClassifier(model.backbone, contract.mean, contract.std)).eval()
+    wrapper = (ExportedEnsemble([ExportedClassifier(m.backbone, c.mean, c.std, c.calibration) for m, c in zip(model.models, contract.members)],
+                                contract.calibration) if ensemble
+               else ExportedClassifier(model.backbone, contract.mean, contract.std, contract.calibration)).eval()
     g = torch.Generator().manual_seed(0)
     example = torch.randint(0, 256, (2, 1, size, size), generator=g).float()
     check = torch.randint(0, 256, (3, 1, size, size), generator=g).float()
@@ -461,11 +466,13 @@ def _contract_doc(model, contract, source:Path|None, members:list|None, formats,
                                'gives (DICOM: display grey levels, air dark; resized by resize_image), as float32. '
                                'The normalisation is inside the model.'),
         outputs=[dict(name='probability', dtype='float32', shape=['batch'], description=("the mean of the members' probabilities of lung opacity"
-                      if ensemble else 'probability of lung opacity') + ' (sigmoid of the logit)'),
+                      if ensemble else 'probability of lung opacity') + ' (sigmoid of the logit)'
+                      + (', calibrated' if contract.calibration is not None else '')),
                  dict(name='logit', dtype='float32', shape=['batch'], description='logit of ' + ('that mean' if ensemble else 'lung opacity'))],
         size=size, mean=None if ensemble else contract.mean, std=None if ensemble else contract.std,
         normalisation="each member's (image/255 - mean)/std (members below), inside the model" if ensemble else '(image/255 - mean)/std, inside the model',
         threshold=threshold, decision='positive when probability >= threshold.value',
+        calibration=None if contract.calibration is None else dataclasses.asdict(contract.calibration),
         backbone='+'.join(dict.fromkeys(d['backbone'] for d in members)) if ensemble else model.hparams.backbone,
         checkpoint=None if source is None else source.name, checkpoint_sha256=None if source is None else _sha256(source),
         fold=None if ensemble else contract.fold, **({} if members is None else dict(members=members)),

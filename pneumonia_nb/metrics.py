@@ -16,11 +16,12 @@ from torchmetrics.utilities import dim_zero_cat
 __all__ = ['METRICS', 'EPOCH_METRICS', 'CHALLENGE_IOU_THRESHOLDS', 'as_arrays', 'confusion', 'threshold_metrics', 'auroc',
            'average_precision', 'roc_points', 'pr_points', 'calibration_bins', 'brier_score',
            'expected_calibration_error', 'all_metrics', 'metric_table', 'ci_text', 'choose_threshold',
-           'threshold_record', 'precision_at_recall', 'pooled_metrics', 'EpochMetric', 'epoch_metrics', 'BoxError',
-           'check_boxes', 'box_iou', 'image_precision', 'mean_ci', 'image_scores', 'challenge_score']
+           'threshold_record', 'logits_of', 'fit_platt', 'calibrated', 'uncalibrated', 'calibration_record',
+           'precision_at_recall', 'pooled_metrics', 'EpochMetric', 'epoch_metrics', 'BoxError', 'check_boxes',
+           'box_iou', 'image_precision', 'mean_ci', 'image_scores', 'challenge_score']
 
 # %% ../nbs/03a_metrics.ipynb #120d3eb6
-from .config import THRESHOLD_METHODS, EvaluateConfig, PneumoniaError, ThresholdRecord
+from .config import CALIBRATION_METHODS, THRESHOLD_METHODS, CalibrationRecord, EvaluateConfig, PneumoniaError, ThresholdRecord
 
 # %% ../nbs/03a_metrics.ipynb #6cd138cd
 def as_arrays(y, # 0/1 labels
@@ -199,6 +200,66 @@ def threshold_record(y, # labels of the patients the threshold is chosen on
     return ThresholdRecord(float(value), method, target if method in ('sensitivity', 'fixed') else None, split=split, n=len(y),
                            positives=int(y.sum()), chosen=datetime.datetime.now().isoformat(timespec='seconds'), by=by,
                            metrics={k: float(at[k]) for k in ('recall', 'specificity', 'precision') if k in at})
+
+# %% ../nbs/03a_metrics.ipynb #2b7664c4
+def logits_of(p, # probabilities
+             )->np.ndarray:
+    "The logits of probabilities, float64 (0 and 1 are taken as 1e-12 from them, so every logit is finite)."
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return np.log(p) - np.log1p(-p)
+
+def _sigmoid(z:np.ndarray)->np.ndarray: return np.exp(-np.logaddexp(0, -z))
+
+def fit_platt(y, # 0/1 labels
+              z, # the model's logits for them
+              ridge:float|None=None, # pull of (slope, intercept) towards (1, 0); None: 1/len(y), about one patient's worth
+             )->tuple: # (slope, intercept)
+    "The slope and intercept on the logit that minimise the mean log-loss of (y, sigmoid(slope·z + intercept)), plus the pull."
+    y, z = as_arrays(y, z); X = np.stack([z, np.ones_like(z)], 1); w0 = np.array([1.0, 0.0]); w = w0.copy()
+    ridge = 1 / max(len(y), 1) if ridge is None else ridge
+    loss = lambda w: float(np.mean(np.logaddexp(0, X @ w) - y * (X @ w)) + ridge / 2 * np.sum((w - w0) ** 2))
+    for _ in range(100):
+        q = _sigmoid(X @ w)
+        grad = X.T @ (q - y) / len(y) + ridge * (w - w0)
+        hess = (X * (q * (1 - q))[:, None]).T @ X / len(y) + ridge * np.eye(2)
+        step, t = np.linalg.solve(hess, grad), 1.0
+        while loss(w - t * step) > loss(w) + 1e-15 and t > 1e-8: t /= 2   # a step that never makes the fit worse
+        w = w - t * step
+        if np.abs(t * step).max() < 1e-10: break
+    return float(w[0]), float(w[1])
+
+# %% ../nbs/03a_metrics.ipynb #a764a7b1
+def calibrated(z, # logits: a NumPy array or a torch tensor
+               calibration:CalibrationRecord|None, # None: the logits as they are
+              ):
+    "The calibrated logits `slope·z + intercept` (the same type as `z`)."
+    return z if calibration is None else z * calibration.slope + calibration.intercept
+
+def uncalibrated(z, # calibrated logits (NumPy or torch)
+                 calibration:CalibrationRecord|None):
+    "The logits before `calibrated`: what the model stated before its calibration (for the reliability diagram's 'before')."
+    return z if calibration is None else (z - calibration.intercept) / calibration.slope
+
+def calibration_record(y, # labels of the patients it is fitted on
+                       z, # the model's logits for them
+                       method:str=EvaluateConfig.calibrate, # one of `CALIBRATION_METHODS`
+                       split:str='val', # what (y, z) are: 'val', 'oof', ...
+                       by:str='train', # what fitted it
+                      )->CalibrationRecord|None: # None with method 'none'
+    "The `CalibrationRecord` of (y, z) by `method`; a ValueError with one class only, or when the fit would reverse the ranking."
+    if method not in CALIBRATION_METHODS: raise ValueError(f'calibration method must be one of {CALIBRATION_METHODS}, not {method!r}')
+    if method == 'none': return None
+    y, z = as_arrays(y, z)
+    if not y.sum() or y.sum() == len(y): raise ValueError(f'calibration needs both classes; got {int(y.sum())} positives of {len(y)}')
+    a, b = fit_platt(y, z)
+    if not a > 0: raise ValueError(f'the fitted slope is {a:.3g}, not positive: on these patients a higher logit does not go with more pneumonia, '
+                                   'so no calibration is fitted')
+    rec = CalibrationRecord(a, b, method, split, len(y), int(y.sum()), by=by)
+    rec.ece_before, rec.ece_after = expected_calibration_error(y, _sigmoid(z)), expected_calibration_error(y, _sigmoid(calibrated(z, rec)))
+    rec.log_loss_before, rec.log_loss_after = _log_loss(y, z), _log_loss(y, calibrated(z, rec))
+    return rec
+
+def _log_loss(y:np.ndarray, z:np.ndarray)->float: return float(np.mean(np.logaddexp(0, z) - y * z))   # of sigmoid(z), from the logits
 
 # %% ../nbs/03a_metrics.ipynb #f8a7e041
 def precision_at_recall(y, p, recall:float=EvaluateConfig.target)->tuple: # (precision, threshold); (nan, nan) without positives

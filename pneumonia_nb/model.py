@@ -20,7 +20,7 @@ __all__ = ['build_backbone', 'FocalLoss', 'mix_batch', 'PneumoniaClassifier']
 
 # %% ../nbs/04_model.ipynb #92479519
 from .config import BACKBONES, LOSSES, OPTIMIZERS, SCHEDULERS, ModelConfig, OptimConfig
-from .metrics import epoch_metrics
+from .metrics import calibrated, epoch_metrics
 
 # %% ../nbs/04_model.ipynb #61717d0b
 def _parent(model:nn.Module, name:str):
@@ -221,7 +221,7 @@ _M, _O = ModelConfig(), OptimConfig()   # the defaults live in the configuration
 
 # %% ../nbs/04_model.ipynb #35f7354d
 class PneumoniaClassifier(pl.LightningModule):
-    "Pneumonia vs. no pneumonia from a one-channel chest X-ray; `forward` returns logits of shape (B,)"
+    "Pneumonia vs. no pneumonia from a one-channel chest X-ray; `forward` returns logits of shape (B,), calibrated in eval mode by its contract"
     def __init__(self,
                  backbone:str=_M.backbone, # one of `BACKBONES`
                  pretrained:str|bool=_M.pretrained, # 'auto', 'imagenet' or 'none', see `build_backbone`
@@ -262,7 +262,8 @@ class PneumoniaClassifier(pl.LightningModule):
 
     def forward(self, x): # (B,1,H,W) normalised images
         if self.hparams.channels_last: x = x.contiguous(memory_format=torch.channels_last)
-        return self.backbone(x).squeeze(-1)
+        z = self.backbone(x).squeeze(-1)
+        return z if self.training else calibrated(z, getattr(self.contract, 'calibration', None))   # see `calibration_record`
 
 # %% ../nbs/04_model.ipynb #c81d75c6
 @patch

@@ -18,14 +18,14 @@ from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
 from pytorch_lightning.loggers import TensorBoardLogger
 from torchvision.utils import make_grid
 
-from .config import CheckpointError, PneumoniaError, RunConfig, ThresholdRecord, is_interactive
+from .config import CalibrationRecord, CheckpointError, PneumoniaError, RunConfig, ThresholdRecord, is_interactive
 from .config import atomic_write, output_lock, refuse_inputs, resolve_device, save_config
 from .cache import cache_settings, load_manifest, load_stats
 from .dataset import PneumoniaDataModule, load_images
 from .model import PneumoniaClassifier
 from .checkpoints import ENSEMBLE_FILE, Contract, check_weights, encode_patients, load_checkpoint, load_classifier
 from .checkpoints import predict_images, read_contract, save_classifier, weights_digest, write_ensemble
-from .metrics import auroc, average_precision, pooled_metrics, threshold_metrics, threshold_record
+from .metrics import auroc, average_precision, calibrated, calibration_record, logits_of, pooled_metrics, threshold_metrics, threshold_record
 
 # %% auto #0
 __all__ = ['resolve_precision', 'TrainingDiverged', 'AugmentedImages', 'TrainResult', 'train', 'Fold', 'FoldCallback',
@@ -144,6 +144,12 @@ _SHOWN = ('recall', 'specificity', 'precision', 'accuracy', 'f1')
 def _num(v:float)->str: return 'n/a' if v != v else f'{v:.4f}'   # n/a: e.g. precision with no positive predictions
 
 # %% ../nbs/05_training.ipynb #1d577bb9
+def _calibration_line(c:CalibrationRecord, where:str)->str:
+    "One line on a fitted calibration, for the summaries of `train` and `cross_validate`."
+    return (f'calibration  sigmoid({c.slope:.3f}·logit {c.intercept:+.3f}) (Platt), fitted on {where}, {c.n} patients: '
+            f'log-loss there {c.log_loss_before:.3f} -> {c.log_loss_after:.3f}, ECE {c.ece_before:.3f} -> {c.ece_after:.3f} '
+            '(optimistic: measured where it was fitted; evaluate measures it on new patients)')
+
 @dataclass
 class TrainResult:
     "What `train` produced."
@@ -158,6 +164,8 @@ class TrainResult:
     at_half: dict # validation metrics at 0.5
     seconds: float
     rank_zero: bool = True # False in the other processes of a multi-process (DDP) run
+    calibration: CalibrationRecord|None = None # the calibration stored in best.ckpt, fitted on the validation split
+    no_calibration: str = '' # why there is none
     def summary(self)->str:
         m, t = self.metrics, self.threshold
         lines = [f"validation split, best checkpoint: AUROC {m.get('val/auroc', float('nan')):.4f}, AP {m.get('val/average_precision', float('nan')):.4f}"]
@@ -167,6 +175,7 @@ class TrainResult:
             lines.append(f'operating threshold {t.value:.4f} ({t.method}' + (f' {t.target}' if t.target is not None else '')
                          + f', chosen on the validation split, {t.n} patients), stored in the checkpoint')
         else: lines.append('no operating threshold stored: the validation split has patients of one class only')
+        lines.append(_calibration_line(self.calibration, 'the validation split') if self.calibration is not None else self.no_calibration)
         return '\n'.join(lines + [f'checkpoint   {self.best_checkpoint}', f'last         {self.last_checkpoint}',
                                    f'config       {self.out/"config.yaml"}',
                                    f'logs         {self.log_dir}   (tensorboard --logdir {self.log_dir.parent})',
@@ -220,11 +229,20 @@ def _threshold_or_none(y, p, cfg:RunConfig, split:str, by:str)->ThresholdRecord|
     try: return threshold_record(y, p, cfg.evaluate.threshold_method, cfg.evaluate.target, split=split, by=by)
     except ValueError: return None   # one class only: nothing to choose on
 
+def _calibration_or_none(y, z, cfg:RunConfig, split:str, by:str)->tuple:
+    "(calibration record or None, why there is none) by `cfg.evaluate.calibrate` on labels `y` and logits `z`."
+    if cfg.evaluate.calibrate == 'none': return None, 'not calibrated (evaluate.calibrate none)'
+    try: return calibration_record(y, z, cfg.evaluate.calibrate, split=split, by=by), ''
+    except ValueError as e: return None, f'not calibrated: {e}'
+
 def _validation_threshold(model:PneumoniaClassifier, rows, cfg:RunConfig, device)->tuple:
-    "(threshold record or None, metrics at it, metrics at 0.5) on the validation `rows`."
-    y = rows.Target.to_numpy(); p = predict_images(model.to(device).eval(), load_images(rows), model.contract)
+    "(threshold record or None, metrics at it, metrics at 0.5, why there is no calibration) on the validation `rows`; the model's contract gets the calibration fitted there."
+    y = rows.Target.to_numpy(); z = predict_images(model.to(device).eval(), load_images(rows), model.contract, logits=True)
+    cal, why = _calibration_or_none(y, z, cfg, 'val', 'train')
+    model.contract = dataclasses.replace(model.contract, calibration=cal)
+    p = torch.sigmoid(calibrated(torch.from_numpy(z), cal)).numpy()   # what the calibrated model gives, operation for operation
     rec = _threshold_or_none(y, p, cfg, 'val', 'train')
-    return rec, {} if rec is None else threshold_metrics(y, p, rec.value), threshold_metrics(y, p, 0.5)
+    return rec, {} if rec is None else threshold_metrics(y, p, rec.value), threshold_metrics(y, p, 0.5), why
 
 # %% ../nbs/05_training.ipynb #514edf51
 class _RunCheckpoint(ModelCheckpoint):
@@ -309,17 +327,20 @@ def _train(cache, out:Path, cfg:RunConfig, ckpt_path, progress, log_images, limi
         val = trainer.validate(model, datamodule=dm, ckpt_path=best or 'last', verbose=False)[0]
     metrics = {k: float(v) for k, v in val.items()}
     last_path = out/'checkpoints'/'last.ckpt'
-    thr, at, half = None, {}, {}
+    thr, at, half, no_cal = None, {}, {}, ''
+
     if trainer.is_global_zero:
-        thr, at, half = _validation_threshold(model, dm.val_rows, cfg, resolve_device('cuda' if gpu else 'cpu'))
+        thr, at, half, no_cal = _validation_threshold(model, dm.val_rows, cfg, resolve_device('cuda' if gpu else 'cpu'))
         model.contract = dataclasses.replace(model.contract, threshold=thr)
         if best:   # train's own best checkpoint, now with its threshold
             meta = torch.load(best, map_location='cpu', weights_only=True)
             save_classifier(model, best, extra={k: meta[k] for k in ('epoch', 'global_step') if k in meta})
+        cal = model.contract.calibration
         atomic_write(out/'metrics.json', json.dumps(dict(metrics=metrics, at_threshold=at, at_0_5=half, best_checkpoint='checkpoints/best.ckpt' if best else None,
-                                                         threshold=None if thr is None else dataclasses.asdict(thr), fold=cfg.fit.fold), indent=2))
+                                                         threshold=None if thr is None else dataclasses.asdict(thr), fold=cfg.fit.fold,
+                                                         calibration=None if cal is None else dataclasses.asdict(cal)), indent=2))
     return TrainResult(out, out/'checkpoints'/'best.ckpt' if best else None, last_path if last_path.exists() else None, Path(logger.log_dir), metrics,
-                       cfg, thr, at, half, time.time() - t0, trainer.is_global_zero)
+                       cfg, thr, at, half, time.time() - t0, trainer.is_global_zero, model.contract.calibration, no_cal)
 
 # %% ../nbs/05_training.ipynb #ec7041d0
 @dataclass
@@ -391,6 +412,8 @@ class CVResult:
     threshold: ThresholdRecord|None = None # the ensemble's operating threshold, chosen on the pooled out-of-fold predictions (None: one class only)
     ensemble: Path|None = None # the ensemble file: the fold models and that threshold
     select: str = 'last' # the model that predicted each fold: 'last' epoch, or 'best' (chosen on that fold: optimistic)
+    calibration: CalibrationRecord|None = None # the ensemble's calibration, fitted on the pooled out-of-fold predictions
+    no_calibration: str = '' # why there is none
     def summary(self)->str:
         per = [f'  {c:22} {self.folds[c].mean():.4f} ± {self.folds[c].std(ddof=1):.4f}' for c in ('auroc', 'average_precision') if c in self.folds]
         t = self.threshold
@@ -400,8 +423,9 @@ class CVResult:
         head = (f'{len(self.folds)}-fold cross-validation: pooled out-of-fold predictions ({len(self.oof)} patients, each predicted by the '
                 f'{self.select} model of the fold that did not train on it)' + (':' if self.select == 'last' else
                 '; OPTIMISTIC: each model was the epoch that scored best on the very fold it predicts (select="last" is not):'))
+        cal = _calibration_line(self.calibration, 'the pooled out-of-fold predictions') if self.calibration is not None else self.no_calibration
         return '\n'.join([head, *[f'  {k:22} {v:.4f}' for k, v in self.pooled.items()],
-                          'the same predictions, fold by fold (mean ± sd):', *per, thr]
+                          'the same predictions, fold by fold (mean ± sd):', *per, thr, cal]
                          + ([f'ensemble     {self.ensemble}   (evaluate, predict and export take its folder as --ckpt)'] if self.ensemble else []))
 
 # %% ../nbs/05_training.ipynb #0db7b993
@@ -423,9 +447,12 @@ def cross_validate(cache, # cache folder written by `preprocess`
     rows = [dict(fold=f.fold, patients=len(f.predictions), auroc=auroc(f.predictions.Target, f.predictions.probability),
                  average_precision=average_precision(f.predictions.Target, f.predictions.probability)) for f in ran.folds]   # what the pooled figures are made of
     oof, pooled = ran.oof, ran.pooled
-    thr = _threshold_or_none(oof.Target, oof.probability, cfg, 'oof', 'cross_validate')
-    ens = write_ensemble(out/ENSEMBLE_FILE, [f.checkpoint for f in ran.folds], thr, n=len(oof), digests=[f.digest for f in ran.folds], oof=out/'oof.csv', by='cross_validate')
-    res = CVResult(pd.DataFrame(rows), oof, pooled, thr, ens, select)
+    z = logits_of(oof.probability)   # each patient's logit from the fold model that did not train on it (its own calibration applied)
+    cal, no_cal = _calibration_or_none(oof.Target, z, cfg, 'oof', 'cross_validate')
+    thr = _threshold_or_none(oof.Target, 1 / (1 + np.exp(-calibrated(z, cal))), cfg, 'oof', 'cross_validate')
+    ens = write_ensemble(out/ENSEMBLE_FILE, [f.checkpoint for f in ran.folds], thr, n=len(oof), digests=[f.digest for f in ran.folds], oof=out/'oof.csv',
+                         by='cross_validate', calibration=cal)
+    res = CVResult(pd.DataFrame(rows), oof, pooled, thr, ens, select, cal, no_cal)
     atomic_write(out/'cv.json', json.dumps(dict(pooled=pooled, folds=rows, select=select, optimistic=select == 'best', threshold=None if thr is None else dataclasses.asdict(thr),
-                                                ensemble=ENSEMBLE_FILE), indent=2))
+                                                calibration=None if cal is None else dataclasses.asdict(cal), ensemble=ENSEMBLE_FILE), indent=2))
     return res

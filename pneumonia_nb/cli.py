@@ -116,7 +116,9 @@ def _training_options(p:ArgumentParser, command:str, required:bool):
     for k in ('data', 'cache'): p.add_argument(f'--{k}', type=str|None, default=None, help=_sentence(docs[k]))
     if command == 'run': p.add_argument('--out', type=str, required=required, help='Output folder: OUT/cache, OUT/train and OUT/evaluation.')
     else: _out(p, command, required=required)
-    if command == 'train': _from_library(p, 'train', 'resume')
+    if command == 'train': p.add_argument('--resume', type=str|None, default=None, help="Go on from a checkpoint: 'last' for OUT/checkpoints/last.ckpt, "
+                                          "or a checkpoint's path. With --fit.cv_folds K, only 'last': the folds that finished are kept, an interrupted "
+                                          "fold goes on from its own last.ckpt, the others are trained.")
     if command == 'tune': _from_library(p, 'tune', *_PASSED['tune'])
 
 def _checkpoint_options(p:ArgumentParser):
@@ -253,7 +255,7 @@ def _cache_for(args, cfg:RunConfig, out:Path):
 
 def _train_from(args, cfg:RunConfig, cache, out:Path, resume=None):
     if cfg.fit.cv_folds:
-        res = _lazy('cross_validate')(cache, out, cfg, progress=_progress(args))
+        res = _lazy('cross_validate')(cache, out, cfg, resume=resume == 'last', progress=_progress(args))
         print(res.summary()); print(f'out-of-fold  {out/"oof.csv"}')
     else:
         res = _lazy('train')(cache, out, cfg, resume=resume, progress=_progress(args))
@@ -262,6 +264,8 @@ def _train_from(args, cfg:RunConfig, cache, out:Path, resume=None):
 
 def _train(args, cfg:RunConfig):
     out = Path(args.out)
+    if cfg.fit.cv_folds and args.resume not in (None, 'last'):   # before any preprocessing
+        raise ConfigError('--resume', f"{args.resume}: with --fit.cv_folds, only 'last' (each fold goes on from its own last.ckpt)")
     _train_from(args, cfg, _cache_for(args, cfg, out), out, resume=args.resume)
 
 # %% ../nbs/08_cli.ipynb #772887e4
@@ -372,6 +376,12 @@ def _one_line_warnings(command:str):
 def _options_of(command:str)->list: return [o for a in _parser(command)._actions for o in a.option_strings]
 
 # %% ../nbs/08_cli.ipynb #0ff65a7b
+_RERUN = 'nothing was left half-written; rerun the same command'
+_AFTER_INTERRUPT = {'preprocess': 'rerun the same command: it goes on with the images not yet cached',
+                    'train': 'rerun it with --resume last to go on from the last finished epoch (with --fit.cv_folds, the finished folds are kept)',
+                    'run': 'rerun the same command: the cache is kept, training starts again',
+                    'tune': 'rerun the same command: the study goes on with the trials it has'}
+
 def main(argv:list|None=None, # arguments (default: sys.argv[1:])
         )->int:
     "Run `pneumonia_nb` with `argv`; returns the exit status."
@@ -387,12 +397,12 @@ def main(argv:list|None=None, # arguments (default: sys.argv[1:])
     try: _HANDLERS[command](*_parse(command, rest))
     except SystemExit as e:   # --help and --print_config; and Lightning's own exit after Ctrl-C
         if not isinstance(e.__context__, KeyboardInterrupt): return e.code or 0
-        print(f'pneumonia_nb {command}: interrupted; rerun the same command to resume', file=sys.stderr); return 130
+        print(f'pneumonia_nb {command}: interrupted; {_AFTER_INTERRUPT.get(command, _RERUN)}', file=sys.stderr); return 130
     except argparse.ArgumentError as e: say(f'{_problem(str(e), _options_of(command))}\n(pneumonia_nb {command} --help explains every option)'); return 2
     except _USER_ERRORS as e: say(e); return 2
     except OSError as e:   # a full or read-only disk where no writer turned it into a PneumoniaError
         if e.errno not in DISK_FULL: raise
         say(f'{e.filename or "output"}: {disk_full_message(e)}'); return 2
     except KeyboardInterrupt:
-        print(f'pneumonia_nb {command}: interrupted; rerun the same command to resume', file=sys.stderr); return 130
+        print(f'pneumonia_nb {command}: interrupted; {_AFTER_INTERRUPT.get(command, _RERUN)}', file=sys.stderr); return 130
     return 0

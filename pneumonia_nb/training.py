@@ -19,7 +19,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torchvision.utils import make_grid
 
 from .config import CalibrationRecord, CheckpointError, PneumoniaError, RunConfig, ThresholdRecord, is_interactive
-from .config import atomic_write, output_lock, refuse_inputs, resolve_device, save_config
+from .config import atomic_write, load_config, output_lock, refuse_inputs, resolve_device, save_config
 from .cache import cache_settings, load_manifest, load_stats
 from .dataset import PneumoniaDataModule, load_images
 from .model import PneumoniaClassifier
@@ -257,6 +257,10 @@ class _RunCheckpoint(ModelCheckpoint):
         super().load_state_dict(state_dict)
 
 # %% ../nbs/05_training.ipynb #2dff6de8
+def _resolved(cfg:RunConfig, cache)->RunConfig:
+    "`cfg` as a run on `cache` records it: its preprocess group is what the cache was made with."
+    return dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, **cache_settings(cache)))
+
 def _clear_earlier_run(out:Path, cfg:RunConfig)->list:
     "A new run (not a resumed one) into a folder holding an earlier run: the earlier checkpoints and metrics go first, so the folder never mixes two runs' files, even when this one is interrupted."
     earlier = [f for f in (out/'checkpoints'/'best.ckpt', out/'checkpoints'/'last.ckpt', out/'metrics.json') if f.exists()]
@@ -291,8 +295,7 @@ def train(cache, # cache folder written by `preprocess`
          )->TrainResult:
     "Train a `PneumoniaClassifier` on a cache; keep the best and the last checkpoint; choose and store the operating threshold."
     t0 = time.time()
-    cfg = (config or RunConfig()).override(**overrides)
-    cfg = dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, **cache_settings(cache)))   # config.yaml records what the cache holds
+    cfg = _resolved((config or RunConfig()).override(**overrides), cache)   # config.yaml records what the cache holds
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     ckpt_path = str(out/'checkpoints'/'last.ckpt') if resume == 'last' else resume
     if ckpt_path is not None and not Path(ckpt_path).exists(): raise FileNotFoundError(f'{ckpt_path}: no checkpoint to resume from')
@@ -338,7 +341,7 @@ def _train(cache, out:Path, cfg:RunConfig, ckpt_path, progress, log_images, limi
         cal = model.contract.calibration
         atomic_write(out/'metrics.json', json.dumps(dict(metrics=metrics, at_threshold=at, at_0_5=half, best_checkpoint='checkpoints/best.ckpt' if best else None,
                                                          threshold=None if thr is None else dataclasses.asdict(thr), fold=cfg.fit.fold,
-                                                         calibration=None if cal is None else dataclasses.asdict(cal)), indent=2))
+                                                         calibration=None if cal is None else dataclasses.asdict(cal), seconds=time.time() - t0), indent=2))
     return TrainResult(out, out/'checkpoints'/'best.ckpt' if best else None, last_path if last_path.exists() else None, Path(logger.log_dir), metrics,
                        cfg, thr, at, half, time.time() - t0, trainer.is_global_zero, model.contract.calibration, no_cal)
 
@@ -373,6 +376,63 @@ def _predict_fold(index:int, k:int, r:TrainResult, m:pd.DataFrame, select:str)->
     p = predict_images(model, load_images(val), contract).astype(np.float64)   # float64: oof.csv holds exactly these numbers
     return Fold(index, k, r, ckpt, weights_digest(model.state_dict()), val[['patientId', 'Target']].assign(fold=k, probability=p))
 
+# %% ../nbs/05_training.ipynb #a953791e
+def _flat(d:dict, prefix:str='')->dict: return {k2: v2 for k, v in d.items() for k2, v2 in (_flat(v, f'{prefix}{k}.') if isinstance(v, dict) else {f'{prefix}{k}': v}).items()}
+
+def _check_fold_config(out:Path, cfg:RunConfig):
+    "Refuse to resume a fold folder whose `config.yaml` is another recipe's: one ensemble never mixes two. The hardware may differ."
+    path = out/'config.yaml'
+    if not path.is_file(): return   # nothing recorded: the run had not started
+    had, want = _flat(load_config(path).to_dict()), _flat(cfg.to_dict())
+    diff = [k for k in want if not k.startswith('hardware.') and had.get(k) != want[k]]
+    if diff: raise PneumoniaError(path, 'was trained with another configuration (' + ', '.join(f'{k} {had.get(k)!r}, now {want[k]!r}' for k in diff[:4])
+                                  + (', ...' if len(diff) > 4 else '') + '): resume with the same options, or leave --resume out to train every fold anew')
+
+def _number_table(d, path:Path, key:str)->dict:
+    "A table of metrics read back from `path`: names to numbers, or an error naming the file and the key."
+    if not isinstance(d, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in d.values()):
+        raise PneumoniaError(path, f'{key}: not a table of metric names and numbers')
+    return {str(k): float(v) for k, v in d.items()}
+
+def _finished_fold(out:Path, cfg:RunConfig, m:pd.DataFrame, k:int)->TrainResult:
+    "The `TrainResult` of fold `k`'s run that finished earlier in `out`, once its checkpoints are shown to be that fold's (its patients, its configuration)."
+    _check_fold_config(out, cfg)
+    best, last = out/'checkpoints'/'best.ckpt', out/'checkpoints'/'last.ckpt'
+    if not last.is_file(): raise PneumoniaError(last, 'missing: the fold run finished (metrics.json is there) but its last checkpoint is gone; '
+                                                      'leave --resume out to train every fold anew')
+    test = m.split == 'test'
+    for path in (best, last) if best.is_file() else (last,):
+        c = read_contract(load_checkpoint(path), path)[0]
+        for what, field, rows in (('validated', 'val_patients', m[(m.fold == k) & ~test]), ('trained', 'train_patients', m[(m.fold != k) & ~test])):
+            if getattr(c, field) != encode_patients(rows.patientId):
+                raise PneumoniaError(path, f'{what} on other patients than fold {k} of this cache does: it is not this fold\'s model; '
+                                           'leave --resume out to train every fold anew')
+    path = out/'metrics.json'
+    try: d = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e: raise PneumoniaError(path, f'cannot be read back ({e})') from None
+    if not isinstance(d, dict): raise PneumoniaError(path, 'not a table of metrics')
+    tables = {key: _number_table(d.get(key) or {}, path, key) for key in ('metrics', 'at_threshold', 'at_0_5')}
+    seconds = d.get('seconds', float('nan'))
+    ck = read_contract(load_checkpoint(best), best)[0] if best.is_file() else None   # best.ckpt holds the threshold and calibration train chose
+    logs = sorted((out/'logs').glob('version_*'), key=lambda p: int(p.name.split('_')[-1]) if p.name.split('_')[-1].isdigit() else -1)
+    return TrainResult(out, best if best.is_file() else None, last, logs[-1] if logs else out/'logs', tables['metrics'], cfg,
+                       None if ck is None else ck.threshold, tables['at_threshold'], tables['at_0_5'],
+                       float(seconds) if isinstance(seconds, (int, float)) else float('nan'), calibration=None if ck is None else ck.calibration)
+
+# %% ../nbs/05_training.ipynb #b8a334b8
+def _fold_run(cache, out:Path, cfg:RunConfig, m:pd.DataFrame, k:int, resume:bool, callbacks:list, train_kwargs:dict, say)->tuple:
+    "(fold `k`'s `TrainResult`, what became of it): trained; with `resume`, kept when it finished earlier, or continued from its `last.ckpt`."
+    last = out/'checkpoints'/'last.ckpt'
+    if resume and (out/'metrics.json').is_file(): return _finished_fold(out, _resolved(cfg, cache), m, k), 'finished earlier, kept'
+    if resume and last.is_file():
+        _check_fold_config(out, _resolved(cfg, cache))
+        epoch = load_checkpoint(last).get('epoch', -1) + 1
+        say(f'resumes from checkpoints/last.ckpt ({epoch} of {cfg.optim.epochs} epochs done)')
+        return train(cache, out, cfg, resume='last', callbacks=callbacks, **train_kwargs), 'resumed'
+    test = m.split == 'test'
+    say(f'training on {int(((m.fold != k) & ~test).sum())} patients, validating on {int(((m.fold == k) & ~test).sum())}')
+    return train(cache, out, cfg, callbacks=callbacks, **train_kwargs), 'trained'
+
 # %% ../nbs/05_training.ipynb #503b075a
 @dataclass
 class OutOfFold:
@@ -388,16 +448,22 @@ def run_folds(cache, # cache folder written by `preprocess`
               select:str='last', # checkpoint that predicts its fold: 'last' epoch, or 'best' val AUROC (optimistic)
               callback:FoldCallback|None=None, # the caller's hooks (see `FoldCallback`)
               manifest:pd.DataFrame|None=None, # the cache's manifest, when the caller has read it
+              resume:bool=False, # keep the folds that finished in an earlier run into `out`, continue an interrupted one from its last.ckpt
+              say=None, # called with a line on each fold's progress (default: silent)
               **train_kwargs, # passed to `train` (progress, log_images, limit_batches)
              )->OutOfFold:
     "Train one model per fold, predict each fold with the model that did not see it; pool, write and score the predictions."
-    cb, out = callback or FoldCallback(), Path(out)
+    cb, out, say = callback or FoldCallback(), Path(out), say or (lambda line: None)
     m = load_manifest(cache) if manifest is None else manifest
     done = []
     for i, k in enumerate(folds):
-        r = train(cache, out/f'fold_{k}', config.override(fold=k, cv_folds=None), callbacks=cb.train_callbacks(i, k), **train_kwargs)
+        t, where = time.time(), f'fold {i + 1} of {len(folds)} (fold_{k})'
+        r, how = _fold_run(cache, out/f'fold_{k}', config.override(fold=k, cv_folds=None), m, k, resume, cb.train_callbacks(i, k), train_kwargs,
+                           lambda line: say(f'{where}: {line}'))
         cb.on_fold_trained(i, k, r)
         done.append(_predict_fold(i, k, r, m, select)); cb.on_fold_end(done[-1])
+        p = done[-1].predictions
+        say(f'{where}: {how}; its {len(p)} patients predicted by the {select} model, AUROC {_num(auroc(p.Target, p.probability))} ({time.time() - t:.0f} s)')
     oof = pd.concat([f.predictions for f in done], ignore_index=True)
     atomic_write(out/'oof.csv', oof.to_csv(index=False))
     return OutOfFold(done, oof, pooled_metrics(oof.Target, oof.probability, config.evaluate.target))
@@ -433,6 +499,7 @@ def cross_validate(cache, # cache folder written by `preprocess`
                    out, # output folder: fold_0/, fold_1/, ..., oof.csv, cv.json, ensemble.json
                    config:RunConfig|None=None, # the configuration of every fold's run; `fit.cv_folds` folds (default: all in the manifest)
                    select:str='last', # model that predicts its fold: 'last' epoch, or 'best' val AUROC (optimistic: chosen on that fold)
+                   resume:bool=False, # keep the folds that finished in an earlier run into `out`, continue an interrupted one from its last.ckpt
                    progress:bool=True, log_images:bool=True, limit_batches=None, # passed to `train`
                    **overrides, # fields of `config` to change, by name
                   )->CVResult:
@@ -443,7 +510,8 @@ def cross_validate(cache, # cache folder written by `preprocess`
     folds = cfg.fit.cv_folds or k_all
     if select not in ('last', 'best'): raise ValueError(f"select must be 'last' or 'best', not {select!r}")
     if not 2 <= folds <= k_all: raise ValueError(f'folds must be between 2 and {k_all} (the folds in {cache}), not {folds}')
-    ran = run_folds(cache, out, cfg, list(range(folds)), select, manifest=m, progress=progress, log_images=log_images, limit_batches=limit_batches)
+    ran = run_folds(cache, out, cfg, list(range(folds)), select, manifest=m, resume=resume, say=print, progress=progress, log_images=log_images,
+                    limit_batches=limit_batches)
     rows = [dict(fold=f.fold, patients=len(f.predictions), auroc=auroc(f.predictions.Target, f.predictions.probability),
                  average_precision=average_precision(f.predictions.Target, f.predictions.probability)) for f in ran.folds]   # what the pooled figures are made of
     oof, pooled = ran.oof, ran.pooled

@@ -330,7 +330,7 @@ class HardwareConfig:
     precision:Literal['auto', '32-true', 'bf16-mixed', '16-mixed']='auto' # 'auto': bf16 mixed on GPU, fp32 on CPU
     augment_on:Literal['auto', 'cpu', 'gpu']='auto' # augment in the loader workers (cpu) or whole batches on the device (gpu); auto: gpu when training on a GPU
     in_memory:Literal['auto', 'gpu', 'cpu', 'off']='auto' # hold the cache in GPU or CPU memory; auto: on the GPU when it fits
-    channels_last:Union[bool, Literal['auto']]='auto' # channels-last memory format (auto: on a GPU)
+    channels_last:Union[bool, Literal['auto']]='auto' # channels-last memory format (auto: on; faster on a GPU and, measured in 91_benchmark_training, on the CPU)
     compile:bool=False # torch.compile the backbone
     loader_workers:int|None=None # data loader processes (0 to 4 per core; None: up to 8 cores)
     def __post_init__(self):

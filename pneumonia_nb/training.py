@@ -207,7 +207,7 @@ def _data_module(cache, cfg:RunConfig, gpu:bool, multi:bool)->PneumoniaDataModul
     return PneumoniaDataModule(cache, fold=cfg.fit.fold, batch_size=o.batch_size, num_workers=h.loader_workers, balanced=o.balanced,
                                aug=cfg.augment, augment_on=augment_on, in_memory=in_memory, seed=cfg.fit.seed)
 
-def _classifier(cfg:RunConfig, dm:PneumoniaDataModule, gpu:bool)->PneumoniaClassifier:
+def _classifier(cfg:RunConfig, dm:PneumoniaDataModule)->PneumoniaClassifier:
     "The model `cfg` asks for, with its contract."
     m, o, h, a = cfg.model, cfg.optim, cfg.hardware, cfg.augment
     pw = dm.pos_weight if o.pos_weight == 'auto' else o.pos_weight_value
@@ -215,7 +215,7 @@ def _classifier(cfg:RunConfig, dm:PneumoniaDataModule, gpu:bool)->PneumoniaClass
                                 focal_alpha=o.focal_alpha, focal_gamma=o.focal_gamma, mixup=a.mixup if a.enabled else 0.0,
                                 cutmix=a.cutmix if a.enabled else 0.0, optimizer=o.optimizer, lr=o.lr,
                                 weight_decay=o.weight_decay, scheduler=o.scheduler, warmup_epochs=o.warmup_epochs, max_epochs=o.epochs,
-                                channels_last=gpu if h.channels_last == 'auto' else bool(h.channels_last), compile=h.compile)
+                                channels_last=h.channels_last == 'auto' or bool(h.channels_last), compile=h.compile)
     if dm.batch_transform is not None: model.batch_transform = dm.batch_transform
     model.contract = Contract(size=dm.size, mean=dm.mean, std=dm.std, backbone=m.backbone, split=str(load_stats(dm.cache).get('split', 'stratified')),
                               fold=cfg.fit.fold, cache=str(Path(dm.cache).resolve()), train_patients=encode_patients(dm.train_rows.patientId),
@@ -311,7 +311,7 @@ def _train(cache, out:Path, cfg:RunConfig, ckpt_path, progress, log_images, limi
     gpu = _on_gpu(h.accelerator)
     multi = h.strategy.startswith('ddp') or h.num_nodes > 1 or h.devices not in ('auto', 1)
     dm = _data_module(cache, cfg, gpu, multi); dm.setup('fit')
-    model = _classifier(cfg, dm, gpu)
+    model = _classifier(cfg, dm)
     best_cb, callbacks = _callbacks(out, cfg, dm, progress, log_images, extra)
     logger = TensorBoardLogger(out, name='logs', default_hp_metric=False)
     with _quiet_lightning():

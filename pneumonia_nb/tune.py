@@ -10,7 +10,7 @@ __all__ = ['SEARCHABLE', 'DEFAULT_SPACE', 'parse_space', 'PruneTrial', 'open_sto
            'compare_recipes', 'comparison_table']
 
 # %% ../nbs/10_tune.ipynb #1cef777d
-import dataclasses, datetime, hashlib, importlib, io, json, math, os, shutil, socket, time, typing
+import contextlib, dataclasses, datetime, hashlib, importlib, io, json, math, os, shutil, socket, time, typing
 
 # %% ../nbs/10_tune.ipynb #dff3640e
 from dataclasses import dataclass, fields
@@ -58,7 +58,7 @@ from .training import FoldCallback, TrainingDiverged, cross_validate, run_folds,
 from .evaluation import evaluate
 
 # %% ../nbs/10_tune.ipynb #a7e7379f
-from .metrics import ci_text
+from .metrics import ci_text, pooled_metrics
 
 # %% ../nbs/10_tune.ipynb #ecd77ef6
 SEARCHABLE = ('model', 'optim', 'augment')
@@ -459,10 +459,13 @@ def _plots(study, out:Path)->tuple:
 
 # %% ../nbs/10_tune.ipynb #02444393
 def _on_test_split(cache:Path, out:Path, cfg:RunConfig)->tuple:
-    "(train's result, evaluate's result): `cfg` trained on the train/validation split as a user runs it, reported on the test split."
-    r = train(cache, out, cfg, progress=False, log_images=False)
-    ev = evaluate(r.best_checkpoint or r.last_checkpoint, cache, out/'evaluation', split='test', cam=False, progress=False,
-                  n_resamples=cfg.evaluate.bootstrap)
+    "(the training's result, evaluate's result): `cfg` trained as a user runs it, reported on the test split: one model on the train/validation split, or with `fit.cv_folds` the fold ensemble of the same patients."
+    if cfg.fit.cv_folds:
+        with contextlib.redirect_stdout(io.StringIO()): r = cross_validate(cache, out, cfg, progress=False, log_images=False)   # its lines per fold
+        model = r.ensemble
+    else:
+        r = train(cache, out, cfg, progress=False, log_images=False); model = r.best_checkpoint or r.last_checkpoint
+    ev = evaluate(model, cache, out/'evaluation', split='test', cam=False, progress=False, n_resamples=cfg.evaluate.bootstrap)
     return r, ev
 
 def _final_check(base:RunConfig, best:RunConfig, cache:Path, m:pd.DataFrame, out:Path, final:str, say)->pd.DataFrame|None:
@@ -522,6 +525,16 @@ def _report(res:TuneResult, space:dict, notes:dict, imp:dict, st)->str:
     return '\n'.join(lines) + '\n'
 
 # %% ../nbs/10_tune.ipynb #da446ba2
+def _test_row(trained, ev, cfg:RunConfig)->dict:
+    "A holdout run's figures on the test split: AUROC and ECE with their bootstrap CIs, AP, precision at the target recall, the recall at the stored threshold."
+    m, pr = ev.metrics, ev.predictions
+    ci = {f'{k}{end}': float(m.loc[k, col]) for k in ('auroc', 'ece') for end, col in (('', 'value'), ('_low', 'low'), ('_high', 'high'))}
+    chosen = trained.pooled['auroc'] if cfg.fit.cv_folds else trained.metrics.get('val/auroc', float('nan'))   # on the patients that chose the model
+    return dict(ci, average_precision=float(m.loc['average_precision'].value),
+                precision_at_recall=float(pooled_metrics(pr.Target, pr.probability, cfg.evaluate.target)['precision_at_recall']),
+                recall_at_threshold=float(m.loc['recall'].value), recall_target=cfg.evaluate.target,
+                val_auroc=float(chosen), test_patients=len(pr), ensemble=bool(cfg.fit.cv_folds))
+
 def _compare_job(job:tuple)->dict:
     "One recipe, one seed, one protocol; the result is written to the job's folder and returned."
     protocol, name, cfg_dict, seed, cache, out = job
@@ -534,9 +547,7 @@ def _compare_job(job:tuple)->dict:
         if protocol == 'cv': cv = cross_validate(cache, out, cfg, select='last', progress=False, log_images=False)
         else: t, ev = _on_test_split(Path(cache), Path(out)/'train', cfg)
     if protocol == 'cv': r = {k: float(v) for k, v in cv.pooled.items() if not k.startswith('threshold')}
-    else:
-        r = {'auroc': float(ev.metrics.loc['auroc'].value), 'average_precision': float(ev.metrics.loc['average_precision'].value),
-             'val_auroc': float(t.metrics.get('val/auroc', float('nan'))), 'test_patients': len(ev.predictions)}
+    else: r = _test_row(t, ev, cfg)
     r = dict(recipe=name, seed=seed, protocol=protocol, minutes=round((time.time() - t0) / 60, 2), **r)
     atomic_write(done, json.dumps(r, indent=2))
     return r
@@ -546,7 +557,7 @@ def compare_recipes(cache, # cache folder written by `preprocess` ('holdout' nee
                     out, # output folder: <protocol>/<recipe>/seed_<s>/
                     recipes:dict, # {name: RunConfig}
                     seeds=(0, 1, 2), # one run of each recipe per seed
-                    protocol:str='cv', # 'cv': pooled out-of-fold metrics; 'holdout': train, choose on validation, report on the test split
+                    protocol:str='cv', # 'cv': pooled out-of-fold metrics; 'holdout': train (with fit.cv_folds, the fold ensemble), choose on validation (out-of-fold), report on the test split
                     processes:int=1, # runs at once (separate processes)
                     progress:bool=True)->pd.DataFrame:
     "Each recipe with each seed under one protocol: one row per run."

@@ -176,7 +176,7 @@ _COMMANDS = {   # name: (one line, what it does, the groups of `RunConfig` it ta
                  "original example's protocol: its validation split at 0.5, labelled as such. An ensemble is evaluated as one model.", ['evaluate']),
     'predict': ('predict new studies (DICOM, PNG, JPEG) into a CSV', 'Predict DICOM files or folders (also PNG/JPEG) with a checkpoint, using '
                 'the training preprocessing and the operating threshold stored with the model. Writes a CSV with patientId, probability, '
-                "prediction, threshold, file and boxes (JSON: each positive's boxes from the class-activation map, in the original image's pixels); "
+                "prediction, threshold, file and boxes (JSON: each positive's boxes from the box head of a model trained with --model.box_head true, else from the class-activation map, in the original image's pixels); "
                 "with --submission FILE also the challenge's submission (patientId,PredictionString); unreadable files are listed with the "
                 'reason (and in OUT_errors.csv) and do not stop the run.', []),
     'export': ('export a checkpoint (or an ensemble) to TorchScript and ONNX', 'Export a checkpoint, or an ensemble as one model that averages '

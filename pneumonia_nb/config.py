@@ -250,6 +250,9 @@ class ModelConfig:
     backbone:Backbone='resnet18' # torchvision backbone (1-channel input, 1 logit)
     pretrained:Literal['auto', 'imagenet', 'none']='auto' # ImageNet weights: 'auto' uses them when cached or downloadable and warns otherwise; 'imagenet' requires them; 'none' starts from random weights
     weights:str|None=None # a local torchvision weights file (.pth) to start from, for machines without internet
+    box_head:bool=False # also learn where the opacities are: a box head on a ResNet's stride-16 features, trained on the training positives' boxes; predict and evaluate then take their boxes from it instead of the class-activation map
+    def __post_init__(self):
+        _check('model', 'box_head', not self.box_head or str(self.backbone).startswith('resnet'), f'needs a ResNet backbone (it reads layer3), not {self.backbone}')
 
 # %% ../nbs/00_config.ipynb #0c49f539
 @dataclass

@@ -29,6 +29,7 @@ from torchvision import tv_tensors
 from torchvision.datasets import DatasetFolder
 from torchvision.transforms import v2, InterpolationMode
 from .cache import load_manifest, load_stats
+from .metrics import box_mask
 
 # %% ../nbs/03_dataset.ipynb #6a0626f7
 from .config import progress_bar
@@ -81,10 +82,11 @@ def _cpu_crop(size:int, aug:AugmentConfig)->v2.Transform:
 
 # %% ../nbs/03_dataset.ipynb #aa94c500
 class _CpuIntensity(nn.Module):
-    "`_intensity` of one 1×H×W image in [0,1] (a torchvision `Image` or a tensor): a step of `cpu_transforms`."
+    "`_intensity` of one C×H×W image in [0,1] (a torchvision `Image` or a tensor), on its first channel: a step of `cpu_transforms`."
     def __init__(self, aug:AugmentConfig): super().__init__(); self.aug = aug
     def forward(self, x):
-        out = _intensity(x.as_subclass(torch.Tensor)[None], self.aug)[0]
+        t = x.as_subclass(torch.Tensor)
+        out = torch.cat([_intensity(t[None, :1], self.aug)[0], t[1:]])   # a box-mask channel (see `masks`) is left as it is
         return tv_tensors.wrap(out, like=x) if isinstance(x, tv_tensors.TVTensor) else out
     def extra_repr(self): return ', '.join(f'{k}={getattr(self.aug, k)}' for k in ('brightness', 'contrast', 'gamma', 'clahe'))
 
@@ -93,9 +95,10 @@ def cpu_transforms(size:int|None, # side of the output; None keeps the input's s
                    mean:float, # normalisation mean, of pixel values / 255
                    std:float, # normalisation standard deviation
                    aug:AugmentConfig|None=None, # training augmentation; None for validation and prediction
+                   masks:bool=False, # the input is H×W×2, the image and its box mask: the mask follows every geometric step, in [0,1]
                   )->v2.Compose:
     "Per-image transform: uint8 (or float in [0,1]) H×W array -> normalised float32 1×size×size tensor, augmented if `aug`."
-    tfms = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize([mean], [std])]
+    tfms = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize([mean, 0.0] if masks else [mean], [std, 1.0] if masks else [std])]
     if aug is not None and aug.enabled:
         if size is None: raise ValueError('augmentation needs an output size')
         if aug.changes_intensity: tfms.insert(2, _CpuIntensity(aug))   # on the intensities in [0, 1], before Normalize
@@ -126,8 +129,10 @@ class CacheDataset(Dataset):
                  rows:pd.DataFrame, # manifest rows, with `path` and `Target`
                  transform=None, # per-image transform of the uint8 H×W array (e.g. `cpu_transforms`); None: x/255
                  images:np.ndarray|None=None, # the rows' images already in memory (N,H,W) uint8, in row order
+                 masks:bool=False, # add each image's box mask (`box_mask` of its `boxes`, 255 inside) as a second channel
                 ):
         self.paths, self.targets = list(rows.path), rows.Target.to_numpy(np.float32)
+        self.boxes = list(rows.boxes) if masks else None
         if images is not None and len(images) != len(self.paths):
             raise ValueError(f'images has {len(images)} entries for {len(self.paths)} rows')
         self.transform, self.images = transform, images
@@ -136,18 +141,19 @@ class CacheDataset(Dataset):
 
     def __getitem__(self, i):
         img = self.images[i] if self.images is not None else np.load(self.paths[i])
-        x = self.transform(img) if self.transform is not None else torch.from_numpy(img)[None].float().div_(255)
+        if self.boxes is not None: img = np.stack([img, box_mask(self.boxes[i], img.shape[-1]).astype(np.uint8) * 255], -1)   # H×W×2
+        x = self.transform(img) if self.transform is not None else torch.from_numpy(img).reshape(*img.shape[:2], -1).permute(2, 0, 1).float().div_(255)
         return x, torch.tensor(self.targets[i])
 
 # %% ../nbs/03_dataset.ipynb #9c73325a
 class GpuNormalize(nn.Module):
-    "uint8 images (B,H,W) or (B,1,H,W) on any device -> float32 (B,1,H,W) `(x/255 - mean)/std`; float input passes through."
+    "uint8 images (B,H,W) or (B,C,H,W) on any device -> float32 (B,C,H,W), the first channel `(x/255 - mean)/std`, a box mask's x/255; float input passes through."
     def __init__(self, mean:float, std:float):
         super().__init__(); self.mean, self.std = float(mean), float(std)
     def forward(self, x:torch.Tensor)->torch.Tensor:
         if x.ndim == 3: x = x[:, None]
         if x.dtype != torch.uint8: return x
-        return normalise(x, self.mean, self.std)
+        return torch.cat([normalise(x[:, :1], self.mean, self.std), x[:, 1:].float() / 255], 1)
     def extra_repr(self): return f'mean={self.mean:.4f}, std={self.std:.4f}'
 
 # %% ../nbs/03_dataset.ipynb #abe76711
@@ -173,7 +179,8 @@ class _GpuIntensity(nn.Module):
     def __init__(self, mean:float, std:float, aug:AugmentConfig):
         super().__init__(); self.mean, self.std, self.aug = float(mean), float(std), aug
     def forward(self, x:torch.Tensor)->torch.Tensor:
-        return (_intensity(x * self.std + self.mean, self.aug) - self.mean) / self.std
+        img = (_intensity(x[:, :1] * self.std + self.mean, self.aug) - self.mean) / self.std
+        return torch.cat([img, x[:, 1:]], 1)   # a box-mask channel is left as it is
     def extra_repr(self): return ', '.join(f'{k}={getattr(self.aug, k)}' for k in ('brightness', 'contrast', 'gamma', 'clahe'))
 
 # %% ../nbs/03_dataset.ipynb #a9bfa84f
@@ -192,9 +199,9 @@ def gpu_augment(size:int, # side of the output
 
 # %% ../nbs/03_dataset.ipynb #5c48fb21
 class DeviceBatchLoader:
-    "Batches `(x float32 (B,1,S,S) normalised, y float32 (B,))` cut from uint8 images kept on their device."
+    "Batches `(x float32 (B,1,S,S) normalised, or (B,2,S,S) with box masks, y float32 (B,))` cut from uint8 images kept on their device."
     def __init__(self,
-                 images:torch.Tensor, # uint8 (N,H,W) on the device
+                 images:torch.Tensor, # uint8 (N,H,W), or (N,2,H,W) with box masks, on the device
                  targets, # N targets (0/1)
                  batch_size:int=64,
                  mean:float=0.0, # normalisation mean, of pixel values / 255
@@ -278,6 +285,7 @@ class PneumoniaDataModule(pl.LightningDataModule):
                  in_memory:str|bool='auto', # 'auto', 'cpu', 'gpu' or False (read files per item)
                  device=None, # device of in_memory='gpu'; None: the trainer's, else CUDA when available, else the CPU
                  seed:int=42, # seed of shuffling and sampling
+                 masks:bool=False, # every batch's x gains a second channel, its box mask, for a model with a box head
                 ):
         super().__init__()
         self.augment = aug is not None and aug.enabled
@@ -286,7 +294,7 @@ class PneumoniaDataModule(pl.LightningDataModule):
         self.num_workers = min(8, num_cpus()) if num_workers is None else num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.persistent_workers, self.augment_on, self.in_memory = persistent_workers, augment_on, in_memory
-        self.size_arg, self.device_arg, self.seed = size, device, seed
+        self.size_arg, self.device_arg, self.seed, self.masks = size, device, seed, masks
         self.batch_transform, self._arrays, self._ready = None, {}, False
         self._seeds = torch.Generator().manual_seed(seed)  # a new seed for each training loader, from one seeded stream
 
@@ -315,6 +323,7 @@ def setup(self:PneumoniaDataModule, stage:str|None=None):
     self.cache_size = int(st['size']); self.size = self.size_arg or self.cache_size
     self.train_rows, self.val_rows, self.test_rows = _split_rows(m, self.fold, self.cache)
     tr = self.train_rows
+    if self.masks and not tr.boxes.map(len).any(): raise ValueError(f'{self.cache}: its training rows have no boxes for a box head to learn from')
     self.mean, self.std = _moments(tr)
     pos = int(tr.Target.sum()); self.pos_weight = (len(tr) - pos) / max(pos, 1)
     self.device = self._device()
@@ -334,7 +343,7 @@ def _device(self:PneumoniaDataModule)->torch.device:
 def _memory_mode(self:PneumoniaDataModule):
     "What `in_memory` means here: 'gpu', 'cpu' or False."
     if self.in_memory != 'auto': return self.in_memory
-    nbytes = (len(self.train_rows) + len(self.val_rows)) * self.cache_size**2
+    nbytes = (len(self.train_rows) + len(self.val_rows)) * self.cache_size**2 * (2 if self.masks else 1)
     if self.augment_on == 'gpu' and self.device.type == 'cuda' and nbytes < torch.cuda.mem_get_info(self.device)[0] / 4: return 'gpu'
     return 'cpu' if nbytes < _available_ram() / 4 else False
 
@@ -344,6 +353,7 @@ def _images(self:PneumoniaDataModule, name:str, rows:pd.DataFrame):
     "The rows' images in memory (host array or device tensor), loaded once per name."
     if name not in self._arrays:
         a = load_images(rows)
+        if self.memory == 'gpu' and self.masks: a = np.stack([a, np.stack([box_mask(b, a.shape[-1]) for b in rows.boxes]).astype(np.uint8) * 255], 1)
         self._arrays[name] = torch.from_numpy(a).to(self.device) if self.memory == 'gpu' else a
     return self._arrays[name]
 
@@ -369,8 +379,8 @@ def _loader(self:PneumoniaDataModule, name:str, rows:pd.DataFrame, train:bool=Fa
     if self.memory == 'gpu':
         return DeviceBatchLoader(self._images(key, rows), y, self.batch_size, self.mean, self.std, size=size,
                                  shuffle=train, drop_last=drop_last, weights=weights, seed=seed)
-    tfm = cpu_transforms(size, self.mean, self.std, self.aug if train and self.augment_on == 'cpu' and self.augment else None)
-    ds = CacheDataset(rows, tfm, self._images(key, rows) if self.memory == 'cpu' else None)
+    tfm = cpu_transforms(size, self.mean, self.std, self.aug if train and self.augment_on == 'cpu' and self.augment else None, masks=self.masks)
+    ds = CacheDataset(rows, tfm, self._images(key, rows) if self.memory == 'cpu' else None, masks=self.masks)
     g = torch.Generator().manual_seed(seed) if train else None
     sampler = WeightedRandomSampler(weights, len(rows), replacement=True, generator=g) if weights is not None else None
     nw = self.num_workers

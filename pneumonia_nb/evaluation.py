@@ -23,7 +23,7 @@ from .checkpoints import weights_digest, write_ensemble
 
 # %% auto #0
 __all__ = ['AGE_BANDS', 'calibrate_threshold', 'plot_curves', 'plot_reliability', 'plot_confusion', 'plot_scores',
-           'subgroup_table', 'cam_layer', 'grad_cam', 'box_mask', 'centre_prior', 'box_prior', 'localization_scores',
+           'subgroup_table', 'cam_layer', 'grad_cam', 'centre_prior', 'box_prior', 'localization_scores',
            'localization_summary', 'cam_gallery', 'box_table', 'box_gallery', 'EvaluationResult', 'evaluate',
            'evaluate_dataset']
 
@@ -32,11 +32,11 @@ from .config import progress_bar
 
 # %% ../nbs/06_evaluation.ipynb #fc3cd0f8
 from .metrics import as_arrays, auroc, average_precision, brier_score, calibrated, calibration_bins, ci_text, confusion
-from .metrics import logits_of, uncalibrated
-from .metrics import expected_calibration_error, image_scores, mean_ci, metric_table, pr_points, roc_points, threshold_metrics, threshold_record
+from .metrics import box_mask, logits_of, uncalibrated
+from .metrics import expected_calibration_error, image_scores, mean_ci, mean_difference_ci, metric_table, pr_points, roc_points, threshold_metrics, threshold_record
 
 # %% ../nbs/06_evaluation.ipynb #89df4f57
-from .boxes import boxes_json, image_boxes, prior_template, template_boxes, to_original
+from .boxes import box_source, boxes_json, image_boxes, prior_template, template_boxes, to_original
 
 # %% ../nbs/06_evaluation.ipynb #2dabe95f
 def calibrate_threshold(checkpoint, # a checkpoint written by `train`, an ensemble (see `load_model`), or a loaded `(model, contract)`
@@ -173,15 +173,6 @@ def grad_cam(model, # a `PneumoniaClassifier` (or any model with a (B,) logit ou
     return (cam / peak).cpu().numpy()
 
 # %% ../nbs/06_evaluation.ipynb #8aeb724e
-def box_mask(boxes, # [[x, y, width, height], ...] in pixels
-             size:int)->np.ndarray:
-    "Boolean size×size mask of the union of the boxes."
-    m = np.zeros((size, size), bool)
-    for x, y, w, h in boxes:
-        x0, y0 = max(int(np.floor(x)), 0), max(int(np.floor(y)), 0)
-        m[y0:min(int(np.ceil(y + h)), size), x0:min(int(np.ceil(x + w)), size)] = True
-    return m
-
 def centre_prior(size:int, sigma:float=0.25)->np.ndarray:
     "A Gaussian map centred on the image, σ = `sigma`·size."
     r = (np.arange(size) + 0.5 - size / 2) / (sigma * size)
@@ -249,12 +240,12 @@ def box_table(truth:list, # per image, its true boxes [[x, y, width, height], ..
               names=None, # the images' names, for error messages
               n_resamples:int=2000, seed:int=0,
              )->pd.DataFrame:
-    "The challenge's metric of each box set with its bootstrap CI, and the paired difference of each from the first."
+    "The challenge's metric of each box set with its bootstrap CI, and the difference of the first's score from each with its paired bootstrap CI."
     per = {k: image_scores([(t, [b[1:] for b in bs], [b[0] for b in bs]) for t, bs in zip(truth, v)], names) for k, v in methods.items()}
     first = next(iter(per.values())); rows = []
     for k, s in per.items():
         v, lo, hi = mean_ci(s, n_resamples, seed=seed)
-        d = mean_ci(first - s, n_resamples, seed=seed) if s is not first else (float('nan'),) * 3
+        d = mean_difference_ci(first, s, n_resamples, seed=seed) if s is not first else (float('nan'),) * 3
         rows.append(dict(boxes=k, images=int((~np.isnan(s)).sum()), predicted_boxes=sum(map(len, methods[k])), challenge_score=v, low=lo, high=hi,
                          first_minus_this=d[0], diff_low=d[1], diff_high=d[2]))
     return pd.DataFrame(rows)
@@ -290,15 +281,17 @@ def _priors(m:pd.DataFrame, size:int, split:str)->dict:
     return {k: prior_template(tb, shapes, k) for k in ('lung', 'centre')}
 
 def _box_scores(model, contract, images:np.ndarray, pred:pd.DataFrame, m:pd.DataFrame, split:str, thr:float, o, figs:dict)->pd.DataFrame|None:
-    "The challenge metric of the CAM boxes and the priors, when the split has boxes (else None); `pred` gains `predicted_boxes`."
+    "The challenge metric of the model's boxes (its box head's, else its CAM's), the CAM boxes and the priors, when the split has boxes (else None); `pred` gains `predicted_boxes`."
     shapes, size = list(zip(pred.orig_rows.astype(int), pred.orig_cols.astype(int))), images.shape[-1]
-    _, cam = image_boxes(model, images, contract, thr, shapes, o.batch_size)
-    pred['predicted_boxes'] = [boxes_json(b) for b in cam]
+    name = box_source(model)[0]
+    _, own = image_boxes(model, images, contract, thr, shapes, o.batch_size)
+    pred['predicted_boxes'] = [boxes_json(b) for b in own]
     if not any(len(b) for b in pred.boxes): return None
     truth = [to_original(b, size, s) for b, s in zip(pred.boxes, shapes)]
-    methods = {'CAM boxes': cam} | {f'{k} prior (training boxes)': template_boxes(t, pred.probability, thr, shapes) for k, t in _priors(m, size, split).items()}
-    if o.cam and (idx := [int(i) for i in np.argsort(-pred.probability.to_numpy())[:2 * o.gallery] if cam[i]]):
-        figs['box_gallery.png'] = box_gallery(images[idx], [truth[i] for i in idx], [cam[i] for i in idx], [shapes[i] for i in idx],
+    methods = {name: own} | ({'CAM boxes': image_boxes(model, images, contract, thr, shapes, o.batch_size, source='cam')[1]} if name != 'CAM boxes' else {})
+    methods |= {f'{k} prior (training boxes)': template_boxes(t, pred.probability, thr, shapes) for k, t in _priors(m, size, split).items()}
+    if o.cam and (idx := [int(i) for i in np.argsort(-pred.probability.to_numpy())[:2 * o.gallery] if own[i]]):
+        figs['box_gallery.png'] = box_gallery(images[idx], [truth[i] for i in idx], [own[i] for i in idx], [shapes[i] for i in idx],
                                               [f"{'TP' if pred.Target.iloc[i] else 'FP'}  p={pred.probability.iloc[i]:.2f}\n{pred.patientId.iloc[i][:13]}" for i in idx])
     return box_table(truth, methods, list(pred.patientId), o.n_resamples, o.seed)
 
@@ -586,7 +579,7 @@ def _report(res:EvaluationResult, rec:dict)->str:
     return '\n'.join(lines)
 
 def _box_report(res:EvaluationResult)->list:
-    "The report's lines on the boxes: the challenge's metric of the CAM boxes and the priors, and the gallery."
+    "The report's lines on the boxes: the challenge's metric of the model's boxes, the CAM boxes and the priors, and the gallery."
     b = res.boxes
     t = pd.DataFrame({'boxes': b.boxes, 'images scored': b.images, 'boxes predicted': b.predicted_boxes,
                       'challenge metric (95% CI)': [f'{_fmt(r.challenge_score)} ({_fmt(r.low)}–{_fmt(r.high)})' for r in b.itertuples()],
@@ -594,7 +587,7 @@ def _box_report(res:EvaluationResult)->list:
     lines = ['## Boxes: the challenge metric', '', "The challenge's own score of the boxes given to the predicted positives (mean over IoU thresholds 0.40–0.75 of "
              'TP/(TP+FP+FN) per image; images with no true box and no predicted box left out), in the original images\' pixels. The priors '
              "give the same positives the training positives' mean boxes; the last column is the paired bootstrap difference.", '', _md_table(t), '']
-    if (res.out/'box_gallery.png').exists(): lines += ['![True boxes (green) and CAM boxes (red) of the most confident positives](box_gallery.png)', '']
+    if (res.out/'box_gallery.png').exists(): lines += [f'![True boxes (green) and the model\'s boxes ({b.boxes.iloc[0]}, red) of the most confident positives](box_gallery.png)', '']
     return lines
 
 # %% ../nbs/06_evaluation.ipynb #d9ca0ca8

@@ -29,7 +29,7 @@ __all__ = ['IMAGE_SUFFIXES', 'PREDICTION_COLUMNS', 'ImageError', 'read_image', '
            'export_model']
 
 # %% ../nbs/07_inference.ipynb #f92f261c
-from .boxes import activation_maps, boxes_json, cam_boxes, prediction_string
+from .boxes import box_source, boxes_json, cam_boxes, prediction_string
 
 # %% ../nbs/07_inference.ipynb #58de0346
 IMAGE_SUFFIXES = ('.dcm', '.dicom', '.png', '.jpg', '.jpeg')
@@ -197,17 +197,18 @@ PREDICTION_COLUMNS = ['patientId', 'probability', 'prediction', 'threshold', 'fi
 def _errors_file(out:Path)->Path: return out.with_name(f'{out.stem}_errors.csv')
 
 def _scores(model, loader, norm, dev, n:int, progress:bool, thr:float|None=None)->tuple:
-    "({index: probability}, {index: patientId}, {index: why it failed}, {index: CAM boxes, with `thr`}) over the loader's batches."
+    "({index: probability}, {index: patientId}, {index: why it failed}, {index: boxes (`box_source`'s), with `thr`}) over the loader's batches."
     probs, pids, failed, boxes = {}, {}, {}, {}
+    _, maps_of, opts = box_source(model)
     with torch.inference_mode(), progress_bar(total=n, desc='predict', unit='img', disable=not progress) as bar:
         for b in loader:
             failed.update(b['failed'])
             if b['x'] is not None:
                 x = norm(b['x'].to(dev, non_blocking=True))
-                logits, maps = activation_maps(model, x) if thr is not None else (model(x), None)
+                logits, maps = maps_of(model, x) if thr is not None else (model(x), None)
                 z = logits.float().cpu().numpy(); ok = np.isfinite(z)   # an infinite logit is a broken model too, though its sigmoid is 0 or 1
                 p = np.where(ok, 1 / (1 + np.exp(-np.where(ok, z, 0))), -1.0)
-                bx = cam_boxes(maps, p, thr, b['shape']) if thr is not None else [None] * len(p)
+                bx = cam_boxes(maps, p, thr, b['shape'], **opts) if thr is not None else [None] * len(p)
                 for i, pid, v, zi, bb in zip(b['index'], b['patientId'], p.tolist(), z.tolist(), bx):
                     if np.isfinite(zi): probs[i], pids[i], boxes[i] = v, pid, bb
                     else: failed[i] = f'the model gave a non-finite output (logit {zi}) for this image, so no prediction is made'
@@ -276,7 +277,7 @@ def predict_files(checkpoint, # a checkpoint written by `train` (its contract gi
                   trusted:bool=False, # read a checkpoint that needs full unpickling (only from a source you trust)
                   backbone:str|None=None, # insist on this backbone; None accepts the checkpoint's
                   allow_seen:bool=False, # predict patients the model trained or chose its threshold on (marked in column `seen_by_model`)
-                  boxes:bool=True, # each image's boxes from the class-activation map, column `boxes`: JSON [[confidence, x, y, width, height], ...] in the original image's pixels, [] for negatives
+                  boxes:bool=True, # each image's boxes from the model's box head, else its class-activation map, column `boxes`: JSON [[confidence, x, y, width, height], ...] in the original image's pixels, [] for negatives
                   submission:str|None=None, # also write the challenge's submission CSV here: patientId,PredictionString, one row per patient scored
                  )->PredictionResult:
     "Probability of lung opacity for every image in `paths`, and the decision at the checkpoint's threshold."
@@ -398,6 +399,7 @@ class ExportResult:
              'outputs    probability (batch,), logit (batch,)' + (": the mean of the members' probabilities, and its logit" if ms else ''),
              'threshold  ' + (f'{t["value"]:.4g} ({t.get("method")}, {t.get("split")} split)' if t else 'none stored: run pneumonia_nb evaluate, then export again'),
              'calibrated ' + (f'sigmoid({k["slope"]:.4g}·logit {k["intercept"]:+.4g}) inside the model ({k["split"]} split)' if (k := c.get('calibration')) else 'no: the network\'s own probabilities'),
+             f'boxes      {c["boxes"]}',
              'checked    max |difference| from PyTorch: ' + ', '.join(f'{k} {v:.1e}' if v is not None else f'{k} not checked (no onnxruntime)' for k, v in c['verified'].items()),
              f'time       {self.seconds:.1f} s']
         return '\n'.join(s)
@@ -476,6 +478,7 @@ def _contract_doc(model, contract, source:Path|None, members:list|None, formats,
         backbone='+'.join(dict.fromkeys(d['backbone'] for d in members)) if ensemble else model.hparams.backbone,
         checkpoint=None if source is None else source.name, checkpoint_sha256=None if source is None else _sha256(source),
         fold=None if ensemble else contract.fold, **({} if members is None else dict(members=members)),
+        boxes=f'not in the exported model: pneumonia_nb predict writes them ({box_source(model)[0]})',
         files={k: _FILES[k] for k in formats}, onnx=onnx_info,
         verified=verified, torch=torch.__version__, created=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
 

@@ -18,7 +18,7 @@ __all__ = ['METRICS', 'EPOCH_METRICS', 'CHALLENGE_IOU_THRESHOLDS', 'as_arrays', 
            'expected_calibration_error', 'all_metrics', 'metric_table', 'ci_text', 'choose_threshold',
            'threshold_record', 'logits_of', 'fit_platt', 'calibrated', 'uncalibrated', 'calibration_record',
            'precision_at_recall', 'pooled_metrics', 'EpochMetric', 'epoch_metrics', 'BoxError', 'check_boxes',
-           'box_iou', 'image_precision', 'mean_ci', 'image_scores', 'challenge_score']
+           'box_iou', 'box_mask', 'image_precision', 'mean_ci', 'image_scores', 'challenge_score', 'mean_difference_ci']
 
 # %% ../nbs/03a_metrics.ipynb #120d3eb6
 from .config import CALIBRATION_METHODS, THRESHOLD_METHODS, CalibrationRecord, EvaluateConfig, PneumoniaError, ThresholdRecord
@@ -341,6 +341,15 @@ def box_iou(a, # (n,4) boxes `x y width height`
     inter = np.clip(hi - lo, 0, None).prod(-1)
     return inter / (a[:, None, 2:].prod(-1) + b[None, :, 2:].prod(-1) - inter)
 
+def box_mask(boxes, # [[x, y, width, height], ...] in pixels
+             size:int)->np.ndarray:
+    "Boolean size×size mask of the union of the boxes."
+    m = np.zeros((size, size), bool)
+    for x, y, w, h in boxes:
+        x0, y0 = max(int(np.floor(x)), 0), max(int(np.floor(y)), 0)
+        m[y0:min(int(np.ceil(y + h)), size), x0:min(int(np.ceil(x + w)), size)] = True
+    return m
+
 # %% ../nbs/03a_metrics.ipynb #fbe302e0
 def _matches(iou:np.ndarray, t:float)->int:
     "True positives at threshold `t`: each prediction (rows, by descending confidence) takes the free truth it overlaps most, above `t`."
@@ -395,3 +404,23 @@ def challenge_score(images, # iterable of (truth boxes, predicted boxes, confide
     "The RSNA challenge metric: the mean of `image_precision` over the images with a ground truth or a prediction, with its bootstrap CI."
     s = image_scores(images, names)
     return (*mean_ci(s, n_resamples, seed=seed), int((~np.isnan(s)).sum()))
+
+# %% ../nbs/03a_metrics.ipynb #093c175d
+def mean_difference_ci(a, # one side's values, one per unit (nan: left out of that side)
+                       b, # the other side's values on the same units
+                       n_resamples:int=2000, # bootstrap resamples; 0 for the difference only
+                       confidence:float=0.95, # confidence level
+                       seed:int=0, # seed of the resampling
+                      )->tuple: # (difference, low, high); low and high nan without a bootstrap or with fewer than 2 units
+    "The mean of `a`'s non-nan values minus the mean of `b`'s, with the paired percentile-bootstrap confidence interval."
+    a, b = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
+    if a.shape != b.shape: raise ValueError(f'mean_difference_ci: {len(a)} values against {len(b)}; both sides need one value per unit')
+    keep = ~(np.isnan(a) & np.isnan(b)); a, b = a[keep], b[keep]
+    def diff(x, y, axis=-1): return np.nanmean(x, axis) - np.nanmean(y, axis)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')   # a side with no values (in the data or in a resample) has no mean
+        point = float(diff(a, b)) if len(a) else float('nan')
+        if len(a) < 2 or not n_resamples: return point, float('nan'), float('nan')
+        ci = bootstrap((a, b), diff, paired=True, vectorized=True, n_resamples=n_resamples, method='percentile',
+                       confidence_level=confidence, random_state=np.random.default_rng(seed)).confidence_interval
+    return point, float(ci.low), float(ci.high)

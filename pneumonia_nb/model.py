@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['build_backbone', 'FocalLoss', 'mix_batch', 'PneumoniaClassifier']
+__all__ = ['BOX_LOSS_WEIGHT', 'build_backbone', 'FocalLoss', 'mix_batch', 'OpacityHead', 'PneumoniaClassifier']
 
 # %% ../nbs/04_model.ipynb #92479519
 from .config import BACKBONES, LOSSES, OPTIMIZERS, SCHEDULERS, ModelConfig, OptimConfig
@@ -216,6 +216,27 @@ def _warmup_cosine(step:int, warmup:int, total:int) -> float:
     if step < warmup: return (step+1)/warmup
     return 0.5*(1 + math.cos(math.pi * min(1., (step-warmup)/max(1, total-warmup))))
 
+# %% ../nbs/04_model.ipynb #cd1da017
+BOX_LOSS_WEIGHT = 1.0   # weight of the box head's loss beside the classifier's
+
+def _box_stage(backbone:nn.Module, name:str)->tuple:
+    "(the stride-16 stage a box head reads, its channels): a ResNet's `layer3`."
+    stage = getattr(backbone, 'layer3', None)
+    if stage is None: raise ValueError(f'a box head needs a ResNet backbone (it reads layer3, at 1/16 of the input); {name} has no such stage')
+    return stage, [m for m in stage.modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features
+
+class OpacityHead(nn.Module):
+    "Per cell of stride-16 features, the logit of its share inside a box: a 1×1 convolution plus a learned position prior."
+    def __init__(self, channels:int, # channels of the features it reads
+                 prior_cells:int=16, # side of the learned position map, resized to the features'
+                ):
+        super().__init__()
+        self.conv, self.prior = nn.Conv2d(channels, 1, 1), nn.Parameter(torch.zeros(1, 1, prior_cells, prior_cells))
+        nn.init.constant_(self.conv.bias, math.log(0.1 / 0.9))   # it starts by saying 10% of each cell is in a box, not 50%
+    def forward(self, features:torch.Tensor)->torch.Tensor: # (B,C,h,w) -> (B,h,w) logits
+        z = self.conv(features)
+        return (z + F.interpolate(self.prior, size=z.shape[-2:], mode='bilinear', align_corners=False)).squeeze(1)
+
 # %% ../nbs/04_model.ipynb #924c71b9
 _M, _O = ModelConfig(), OptimConfig()   # the defaults live in the configuration
 
@@ -241,6 +262,7 @@ class PneumoniaClassifier(pl.LightningModule):
                  threshold:float=0.5, # probability threshold of accuracy, precision, recall, specificity and F1
                  mixup:float|None=None, # α of mixup on training batches (0: off); None: `run_config.augment.mixup` once `train` has set it, else off
                  cutmix:float|None=None, # α of cutmix on training batches (0: off); None: `run_config.augment.cutmix` once `train` has set it, else off
+                 box_head:bool=False, # add an `OpacityHead` that learns the boxes (ResNets; trains on batches with box masks)
                 ):
         super().__init__()
         for arg, val, ok in [('loss', loss, LOSSES), ('optimizer', optimizer, OPTIMIZERS), ('scheduler', scheduler, SCHEDULERS)]:
@@ -249,6 +271,11 @@ class PneumoniaClassifier(pl.LightningModule):
             if val is not None and not val >= 0: raise ValueError(f"{arg} must be at least 0 (0: off) or None, got {val!r}")
         self.backbone, self.backbone_info = build_backbone(backbone, pretrained, weights_path)
         pretrained = self.backbone_info['pretrained']  # record what happened, not what was asked
+        self.opacity_head, self._stage_out = None, None
+        if box_head:
+            stage, channels = _box_stage(self.backbone, backbone)
+            self.opacity_head = OpacityHead(channels)
+            stage.register_forward_hook(self._keep_stage)
         self.save_hyperparameters()
         pw = None if pos_weight is None else torch.tensor(float(pos_weight))
         self.loss_fn = (nn.BCEWithLogitsLoss(pos_weight=pw) if loss == 'bce'
@@ -265,6 +292,16 @@ class PneumoniaClassifier(pl.LightningModule):
         z = self.backbone(x).squeeze(-1)
         return z if self.training else calibrated(z, getattr(self.contract, 'calibration', None))   # see `calibration_record`
 
+    def _keep_stage(self, module, inputs, output): self._stage_out = output   # the box head's features of the last forward pass
+
+# %% ../nbs/04_model.ipynb #89331e1e
+@patch
+def opacity_map(self:PneumoniaClassifier)->torch.Tensor: # (B, H/16, W/16) logits
+    "The box head's logits for the images of the last forward pass."
+    if self.opacity_head is None: raise ValueError('this model has no box head (it was built without box_head=True)')
+    if self._stage_out is None: raise ValueError('no forward pass yet: call the model on the images first')
+    return self.opacity_head(self._stage_out).float()
+
 # %% ../nbs/04_model.ipynb #c81d75c6
 @patch
 def _mixing(self:PneumoniaClassifier)->tuple:
@@ -277,6 +314,14 @@ def _mixing(self:PneumoniaClassifier)->tuple:
     return value('mixup'), value('cutmix')
 
 # %% ../nbs/04_model.ipynb #b1916081
+def _split_mask(model:PneumoniaClassifier, x:torch.Tensor, stage:str)->tuple:
+    "(images (B,1,H,W), box masks (B,1,H,W) or None) of a batch's x, refusing a batch that does not fit the model."
+    if x.shape[1] == 2 and model.opacity_head is not None: return x[:, :1], x[:, 1:]
+    if x.shape[1] == 2: raise ValueError('the batches carry box masks (PneumoniaDataModule(masks=True)) but the model has no box head (box_head=True)')
+    if model.opacity_head is not None and stage == 'train':
+        raise ValueError('a model with a box head trains on batches with box masks: PneumoniaDataModule(masks=True)')
+    return x, None
+
 @patch
 def _step(self:PneumoniaClassifier, batch, stage:str):
     x, y = batch[0], batch[1].float()
@@ -287,8 +332,14 @@ def _step(self:PneumoniaClassifier, batch, stage:str):
         if mixup > 0 or cutmix > 0:
             x, target, lam, perm = mix_batch(x, y, mixup, cutmix)
             if lam < 0.5: y = y[perm]   # the metrics: the label of the larger part
+    x, mask = _split_mask(self, x, stage)
     logits = self(x)
     loss = self.loss_fn(logits, target)
+    if mask is not None:   # the box head's loss on each cell's share inside a box
+        om = self.opacity_map()
+        box_loss = F.binary_cross_entropy_with_logits(om, F.adaptive_avg_pool2d(mask.float(), om.shape[-2:])[:, 0])
+        self.log(f'{stage}/box_loss', box_loss, on_step=False, on_epoch=True, batch_size=x.shape[0], sync_dist=True)
+        loss = loss + BOX_LOSS_WEIGHT * box_loss
     metrics = getattr(self, f'{stage}_metrics')
     metrics.update(torch.sigmoid(logits.detach().float()), y.long())
     bs = x.shape[0]
@@ -310,6 +361,7 @@ def test_step(self:PneumoniaClassifier, batch, batch_idx): return self._step(bat
 @patch
 def predict_step(self:PneumoniaClassifier, batch, batch_idx, dataloader_idx=0):
     x = batch[0] if isinstance(batch, (tuple, list)) else batch
+    x = x[:, :1]   # the image, without a box mask
     return torch.sigmoid(self(x).float())
 
 # %% ../nbs/04_model.ipynb #a6c6ceed
@@ -323,7 +375,7 @@ def _param_groups(model:nn.Module, weight_decay:float):
 @patch
 def configure_optimizers(self:PneumoniaClassifier):
     hp = self.hparams
-    groups = _param_groups(self.backbone, hp.weight_decay)
+    groups = _param_groups(self.backbone if self.opacity_head is None else nn.ModuleList([self.backbone, self.opacity_head]), hp.weight_decay)
     if hp.optimizer == 'adam': opt = torch.optim.Adam(groups, lr=hp.lr)
     elif hp.optimizer == 'adamw': opt = torch.optim.AdamW(groups, lr=hp.lr)
     else: opt = torch.optim.SGD(groups, lr=hp.lr, momentum=0.9, nesterov=True)

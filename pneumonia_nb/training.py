@@ -205,7 +205,7 @@ def _data_module(cache, cfg:RunConfig, gpu:bool, multi:bool)->PneumoniaDataModul
     in_memory = False if h.in_memory == 'off' else h.in_memory
     if in_memory in ('auto', 'gpu') and multi: in_memory = False   # each process reads its own shard of the files
     return PneumoniaDataModule(cache, fold=cfg.fit.fold, batch_size=o.batch_size, num_workers=h.loader_workers, balanced=o.balanced,
-                               aug=cfg.augment, augment_on=augment_on, in_memory=in_memory, seed=cfg.fit.seed)
+                               aug=cfg.augment, augment_on=augment_on, in_memory=in_memory, seed=cfg.fit.seed, masks=cfg.model.box_head)
 
 def _classifier(cfg:RunConfig, dm:PneumoniaDataModule)->PneumoniaClassifier:
     "The model `cfg` asks for, with its contract."
@@ -215,7 +215,7 @@ def _classifier(cfg:RunConfig, dm:PneumoniaDataModule)->PneumoniaClassifier:
                                 focal_alpha=o.focal_alpha, focal_gamma=o.focal_gamma, mixup=a.mixup if a.enabled else 0.0,
                                 cutmix=a.cutmix if a.enabled else 0.0, optimizer=o.optimizer, lr=o.lr,
                                 weight_decay=o.weight_decay, scheduler=o.scheduler, warmup_epochs=o.warmup_epochs, max_epochs=o.epochs,
-                                channels_last=h.channels_last == 'auto' or bool(h.channels_last), compile=h.compile)
+                                channels_last=h.channels_last == 'auto' or bool(h.channels_last), compile=h.compile, box_head=m.box_head)
     if dm.batch_transform is not None: model.batch_transform = dm.batch_transform
     model.contract = Contract(size=dm.size, mean=dm.mean, std=dm.std, backbone=m.backbone, split=str(load_stats(dm.cache).get('split', 'stratified')),
                               fold=cfg.fit.fold, cache=str(Path(dm.cache).resolve()), train_patients=encode_patients(dm.train_rows.patientId),
@@ -270,15 +270,20 @@ def _clear_earlier_run(out:Path, cfg:RunConfig)->list:
     return earlier
 
 # %% ../nbs/05_training.ipynb #583f01c4
+# what the best checkpoint (and early stopping) watches: the validation AUROC; with a box head, the validation loss, the
+# classifier's and the box head's together (the AUROC alone would keep an epoch whose box head has barely started)
+_SELECTION = {False: ('val/auroc', 'max'), True: ('val/loss', 'min')}
+
 def _callbacks(out:Path, cfg:RunConfig, dm:PneumoniaDataModule, progress:bool, log_images:bool, extra:list)->tuple:
     "(the best checkpoint's callback, every Lightning callback of the run)."
     o = cfg.optim
-    best_cb = _RunCheckpoint(dirpath=out/'checkpoints', filename='best', monitor='val/auroc', mode='max', save_weights_only=True,
+    monitor, mode = _SELECTION[cfg.model.box_head]
+    best_cb = _RunCheckpoint(dirpath=out/'checkpoints', filename='best', monitor=monitor, mode=mode, save_weights_only=True,
                               auto_insert_metric_name=False, enable_version_counter=False)
     last_cb = _RunCheckpoint(dirpath=out/'checkpoints', filename='last', monitor=None, save_top_k=1, enable_version_counter=False)
     callbacks = [best_cb, last_cb, LearningRateMonitor('step'), _StopOnNonFinite(), _Interrupt(), *extra]
     if log_images: callbacks.append(AugmentedImages())
-    if o.early_stopping: callbacks.append(EarlyStopping('val/auroc', mode='max', patience=o.early_stopping))
+    if o.early_stopping: callbacks.append(EarlyStopping(monitor, mode=mode, patience=o.early_stopping))
     if progress: callbacks.append(_progress_callback(len(dm.train_rows), o.batch_size))
     return best_cb, callbacks
 

@@ -18,6 +18,7 @@ __all__ = ['CAM_FRACTION', 'CAM_MIN_AREA', 'CAM_MAX_BOXES', 'HEAD_FRACTION', 'ac
 
 # %% ../nbs/06a_boxes.ipynb #8f79928d
 from .checkpoints import Ensemble, model_input
+from .model import model_tta, single_view
 from .metrics import BoxError, check_boxes
 
 # %% ../nbs/06a_boxes.ipynb #4b3ac461
@@ -35,13 +36,15 @@ def activation_maps(model, # a `PneumoniaClassifier` or an `Ensemble`, in eval m
                     x:torch.Tensor, # its input: (B,1,H,W)
                     size:tuple|None=None, # (rows, cols) of the maps; None: the input's
                    )->tuple: # (logits (B,), maps (B,rows,cols) in logit units)
-    "The model's logits and its class-activation maps, from one forward pass."
+    "The model's logits (under its test-time augmentation) and its class-activation maps (of the images themselves)."
     members = list(model.models) if isinstance(model, Ensemble) else [model]
     parts, feats = [_cam_parts(m.backbone) for m in members], []
     hooks = [stage.register_forward_hook(lambda mod, inp, out: feats.append(out)) for stage, _, _ in parts]
-    try: logits = model(x)
+    try:
+        with single_view(model): logits = model(x)   # the maps of the image itself
     finally:
         for h in hooks: h.remove()
+    if model_tta(model) != 'none': logits = model(x)   # the probability under the contract's test-time augmentation
     size = tuple(size or x.shape[-2:]); maps = []
     for f, (_, lin, post) in zip(feats, parts):
         f = (post(f) if post else f).float()
@@ -104,13 +107,13 @@ def opacity_maps(model, # a `PneumoniaClassifier` or an `Ensemble` with box head
                  x:torch.Tensor, # its input: (B,1,H,W)
                  size:tuple|None=None, # (rows, cols) of the maps; None: the input's
                 )->tuple: # (logits (B,), maps (B,rows,cols) in [0, 1])
-    "The model's logits and its box head's map (each position's share inside a box), from one forward pass."
+    "The model's logits (under its test-time augmentation) and its box head's map of the images themselves (each position's share inside a box)."
     if not has_box_head(model): raise BoxError('the model', 'has no box head (train it with --model.box_head true)')
-    logits = model(x)
+    with single_view(model): logits = model(x)   # the head's map of the image itself
     size = tuple(size or x.shape[-2:])
     maps = [F.interpolate(torch.sigmoid(m.opacity_map())[:, None], size=size, mode='bilinear', align_corners=False)[:, 0]
             for m in (model.models if isinstance(model, Ensemble) else [model])]
-    return logits, torch.stack(maps).mean(0)
+    return model(x) if model_tta(model) != 'none' else logits, torch.stack(maps).mean(0)
 
 def box_source(model, # a `PneumoniaClassifier` or an `Ensemble`
                source:str='auto', # 'head' (the box head's map), 'cam' (the class-activation map), 'auto': the head when the model has one

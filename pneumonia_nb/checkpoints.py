@@ -10,10 +10,10 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['ENSEMBLE_FILE', 'encode_patients', 'patients_in', 'Contract', 'weights_digest', 'write_contract', 'read_contract',
-           'load_checkpoint', 'check_weights', 'load_classifier', 'save_classifier', 'mean_probability_logit',
-           'EnsembleFile', 'write_ensemble', 'read_ensemble', 'EnsembleContract', 'no_ensemble_threshold', 'Ensemble',
-           'single_checkpoint', 'load_ensemble', 'load_model', 'checkpoint_files', 'split_rows', 'check_cache_size',
-           'loaded_model', 'model_input', 'predict_images', 'predict_split']
+           'load_checkpoint', 'check_weights', 'load_classifier', 'save_classifier', 'EnsembleFile', 'write_ensemble',
+           'read_ensemble', 'EnsembleContract', 'no_ensemble_threshold', 'Ensemble', 'single_checkpoint',
+           'load_ensemble', 'load_model', 'checkpoint_files', 'split_rows', 'check_cache_size', 'loaded_model',
+           'model_input', 'predict_images', 'predict_split']
 
 # %% ../nbs/04a_checkpoints.ipynb #b46a9e68
 import numpy as np
@@ -23,11 +23,11 @@ import pytorch_lightning as pl
 from fastcore.basics import patch
 
 # %% ../nbs/04a_checkpoints.ipynb #5a908cdd
-from .config import BACKBONES, CalibrationRecord, CheckpointError, ConfigError, PneumoniaError, RunConfig, ThresholdRecord
+from .config import BACKBONES, TTA_VIEWS, CalibrationRecord, CheckpointError, ConfigError, PneumoniaError, RunConfig, ThresholdRecord
 from .config import atomic_write, config_from_dict, normalise, progress_bar, resolve_device
 from .cache import load_manifest, load_stats
 from .dataset import load_images
-from .metrics import calibrated
+from .metrics import calibrated, mean_probability_logit
 from .model import PneumoniaClassifier
 
 # %% ../nbs/04a_checkpoints.ipynb #c04be89e
@@ -60,7 +60,8 @@ class Contract:
     val_patients:str='' # `encode_patients` of the patients that chose its checkpoint and threshold
     threshold:ThresholdRecord|None=None # the operating threshold, once chosen
     calibration:CalibrationRecord|None=None # how its logits become calibrated probabilities (None: they are used as they are)
-    version:int=3 # version of this record (3: with `calibration`)
+    tta:str='none' # its test-time augmentation (`TTA_VIEWS`), under which the threshold and the calibration were chosen
+    version:int=4 # version of this record (3: with `calibration`; 4: with `tta`)
 
     def seen(self, ids)->np.ndarray:
         "Which of `ids` this model trained on or chose its threshold on."
@@ -129,6 +130,7 @@ def _check_contract(con:Contract, path):
     if not (isinstance(con.size, int) and 8 <= con.size <= 4096): raise CheckpointError(path, f'its contract has an impossible image size {con.size!r}')
     if not (_finite(con.mean) and 0 <= con.mean <= 1): raise CheckpointError(path, f'its contract has a normalisation mean of {con.mean!r}, not a number in [0, 1]')
     if not (_finite(con.std) and con.std > 0): raise CheckpointError(path, f'its contract has a normalisation std of {con.std!r}, not a positive number')
+    if con.tta not in TTA_VIEWS: raise CheckpointError(path, f'its contract names test-time augmentation {con.tta!r}, not one of {TTA_VIEWS}')
     if con.threshold is not None and not (_finite(con.threshold.value) and 0 <= con.threshold.value <= 1):
         raise CheckpointError(path, f'its stored threshold {con.threshold.value!r} is not a probability between 0 and 1')
 
@@ -249,16 +251,6 @@ def save_classifier(model:PneumoniaClassifier, # with `contract` (and `run_confi
     ckpt = write_contract(dict(extra or {}, state_dict=sd, hyper_parameters=dict(model.hparams), **{'pytorch-lightning_version': pl.__version__}),
                           model.contract, model.run_config)
     return atomic_write(path, write=lambda tmp: torch.save(ckpt, tmp))
-
-# %% ../nbs/04a_checkpoints.ipynb #16014dfe
-def _log_sigmoid(z:torch.Tensor)->torch.Tensor:
-    "log σ(z) = −(max(−z, 0) + log(1 + e^−|z|)): finite for every finite z, in PyTorch and once exported to ONNX."
-    return -(torch.relu(-z) + torch.log1p(torch.exp(-z.abs())))
-
-def mean_probability_logit(logits:torch.Tensor, # (M, B): M members' logits for B images
-                          )->torch.Tensor: # (B,)
-    "The logit of the members' mean probability, log(p̄/(1−p̄)) with p̄ = mean σ(z), computed in log space."
-    return torch.logsumexp(_log_sigmoid(logits), 0) - torch.logsumexp(_log_sigmoid(-logits), 0)
 
 # %% ../nbs/04a_checkpoints.ipynb #cba3ccc9
 ENSEMBLE_FILE = 'ensemble.json'

@@ -12,13 +12,13 @@ from typing import Literal, Union, get_args, get_origin, get_type_hints
 
 # %% auto #0
 __all__ = ['DISK_FULL', 'LOCK_FILE', 'Backbone', 'Split', 'Optimizer', 'Scheduler', 'Loss', 'ThresholdMethod',
-           'CalibrationMethod', 'ExportFormat', 'BACKBONES', 'SPLITS', 'OPTIMIZERS', 'SCHEDULERS', 'LOSSES',
-           'THRESHOLD_METHODS', 'CALIBRATION_METHODS', 'EXPORT_FORMATS', 'RECIPES', 'PneumoniaError', 'ConfigError',
-           'CheckpointError', 'atomic_write', 'disk_full_message', 'safe_csv_value', 'unescape_csv_value', 'write_csv',
-           'output_lock', 'refuse_inputs', 'resolve_device', 'normalise', 'is_interactive', 'progress_bar',
-           'DemoConfig', 'PreprocessConfig', 'ModelConfig', 'OptimConfig', 'AugmentConfig', 'HardwareConfig',
-           'FitConfig', 'EvaluateConfig', 'RunConfig', 'recipe', 'config_from_dict', 'save_config', 'load_config',
-           'yaml_problem', 'ThresholdRecord', 'CalibrationRecord']
+           'CalibrationMethod', 'ExportFormat', 'TtaViews', 'BACKBONES', 'SPLITS', 'OPTIMIZERS', 'SCHEDULERS', 'LOSSES',
+           'THRESHOLD_METHODS', 'CALIBRATION_METHODS', 'EXPORT_FORMATS', 'TTA_VIEWS', 'RECIPES', 'PneumoniaError',
+           'ConfigError', 'CheckpointError', 'atomic_write', 'disk_full_message', 'safe_csv_value',
+           'unescape_csv_value', 'write_csv', 'output_lock', 'refuse_inputs', 'resolve_device', 'normalise',
+           'is_interactive', 'progress_bar', 'DemoConfig', 'PreprocessConfig', 'ModelConfig', 'OptimConfig',
+           'AugmentConfig', 'HardwareConfig', 'FitConfig', 'EvaluateConfig', 'RunConfig', 'recipe', 'config_from_dict',
+           'save_config', 'load_config', 'yaml_problem', 'ThresholdRecord', 'CalibrationRecord']
 
 # %% ../nbs/00_config.ipynb #0086be49
 import numpy as np
@@ -179,8 +179,9 @@ Loss = Literal['bce', 'focal']
 ThresholdMethod = Literal['sensitivity', 'youden', 'f1', 'fixed']
 CalibrationMethod = Literal['platt', 'none']
 ExportFormat = Literal['torchscript', 'onnx']
-BACKBONES, SPLITS, OPTIMIZERS, SCHEDULERS, LOSSES, THRESHOLD_METHODS, CALIBRATION_METHODS, EXPORT_FORMATS = (
-    get_args(t) for t in (Backbone, Split, Optimizer, Scheduler, Loss, ThresholdMethod, CalibrationMethod, ExportFormat))
+TtaViews = Literal['none', 'shift-scale']
+BACKBONES, SPLITS, OPTIMIZERS, SCHEDULERS, LOSSES, THRESHOLD_METHODS, CALIBRATION_METHODS, EXPORT_FORMATS, TTA_VIEWS = (
+    get_args(t) for t in (Backbone, Split, Optimizer, Scheduler, Loss, ThresholdMethod, CalibrationMethod, ExportFormat, TtaViews))
 
 # %% ../nbs/00_config.ipynb #c311541c
 def _check(group:str, name:str, ok:bool, problem:str):
@@ -251,6 +252,7 @@ class ModelConfig:
     pretrained:Literal['auto', 'imagenet', 'none']='auto' # ImageNet weights: 'auto' uses them when cached or downloadable and warns otherwise; 'imagenet' requires them; 'none' starts from random weights
     weights:str|None=None # a local torchvision weights file (.pth) to start from, for machines without internet
     box_head:bool=False # also learn where the opacities are: a box head on a ResNet's stride-16 features, trained on the training positives' boxes; predict and evaluate then take their boxes from it instead of the class-activation map
+    tta:TtaViews='none' # test-time augmentation, recorded in the checkpoint: 'shift-scale' averages the probability over the image and four views of it (shifted up and down by 4% of its side, zoomed to 0.95 and 1.05) wherever the model predicts (validation, threshold, calibration, evaluate, predict, export); 'none': the image alone
     def __post_init__(self):
         _check('model', 'box_head', not self.box_head or str(self.backbone).startswith('resnet'), f'needs a ResNet backbone (it reads layer3), not {self.backbone}')
 

@@ -37,6 +37,7 @@ from .metrics import expected_calibration_error, image_scores, mean_ci, mean_dif
 
 # %% ../nbs/06_evaluation.ipynb #89df4f57
 from .boxes import box_source, boxes_json, image_boxes, prior_template, template_boxes, to_original
+from .model import model_tta, single_view, tta_doc
 
 # %% ../nbs/06_evaluation.ipynb #2dabe95f
 def calibrate_threshold(checkpoint, # a checkpoint written by `train`, an ensemble (see `load_model`), or a loaded `(model, contract)`
@@ -163,11 +164,12 @@ def grad_cam(model, # a `PneumoniaClassifier` (or any model with a (B,) logit ou
     "Grad-CAM maps (B,H,W), each scaled to [0, 1] (all zero where nothing supports the target)."
     if target not in ('positive', 'negative', 'predicted'): raise ValueError(f"target must be 'positive', 'negative' or 'predicted', not {target!r}")
     model.eval()
-    with torch.no_grad(): sign = torch.sign(model(x)).clamp(min=0) * 2 - 1 if target == 'predicted' else None
-    def forward(inp):
-        z = model(inp)
-        return z if target == 'positive' else -z if target == 'negative' else z * sign
-    cam = LayerGradCam(forward, layer or cam_layer(model)).attribute(x, relu_attributions=True)
+    with single_view(model):   # the map of the image itself, whatever test-time augmentation the probability uses
+        with torch.no_grad(): sign = torch.sign(model(x)).clamp(min=0) * 2 - 1 if target == 'predicted' else None
+        def forward(inp):
+            z = model(inp)
+            return z if target == 'positive' else -z if target == 'negative' else z * sign
+        cam = LayerGradCam(forward, layer or cam_layer(model)).attribute(x, relu_attributions=True)
     cam = LayerAttribution.interpolate(cam.detach(), tuple(x.shape[-2:]), 'bilinear')[:, 0].clamp(min=0)
     peak = cam.flatten(1).amax(1).clamp(min=1e-12)[:, None, None]
     return (cam / peak).cpu().numpy()
@@ -512,6 +514,7 @@ def _evaluate(checkpoint, cache:Path, out:Path, o:_Options)->EvaluationResult:
                            metric_table(y, p, 0.5, o.n_resamples, seed=o.seed), subgroup_table(pred, thr), loc, pred, note, boxes)
     record = _record(res, cache, ckpt_path, contract, seen, o, gallery, sorted(figs) + ['predictions.csv', 'report.md'])
     record['calibration'] = _calibration_here(y, p, before, contract)
+    record['tta'] = model_tta(model)
     atomic_write(out/'metrics.json', json.dumps(_jsonable(record), indent=2))
     atomic_write(out/'report.md', _report(res, record))
     return res
@@ -554,7 +557,7 @@ def _report(res:EvaluationResult, rec:dict)->str:
     lines = ["# Evaluation report", ''] + ([f"> **{rec['note'][0].upper() + rec['note'][1:]}.**", ''] if rec.get('note') else []) + [
              _model_line(rec), f"- data: `{rec['cache']}`, split **{rec['split']}**: {rec['n']} patients, "
              f"{rec['positives']} with pneumonia ({rec['positives']/max(rec['n'],1):.1%})",
-             f"- operating threshold **{t['value']:.4f}**, {chosen}", f"- {rec['date']}", '',
+             f"- operating threshold **{t['value']:.4f}**, {chosen}", f"- test-time augmentation: {tta_doc(rec.get('tta', 'none'))}", f"- {rec['date']}", '',
              "## Metrics", '', f"95% percentile-bootstrap confidence intervals over {rec['n_resamples']} resamples of the patients.", '',
              _md_table(mt), '', '![ROC and precision-recall curves](curves.png)', '',
              '![Confusion matrix](confusion.png) ![Scores by class](scores.png)', '',

@@ -18,9 +18,10 @@ from torch.utils.data import DataLoader, Dataset
 from fastcore.basics import num_cpus
 from .config import EXPORT_FORMATS, CheckpointError, PneumoniaError, atomic_write, normalise, output_lock, progress_bar
 from .config import CalibrationRecord, refuse_inputs, write_csv
-from .metrics import calibrated
+from .metrics import calibrated, mean_probability_logit
+from .model import model_tta, tta_doc, tta_logits
 from .dicom import DICOM_SUFFIXES, DicomError, MAX_PIXELS, file_problem, listed_files, radiograph_problem, read_dicom, resize_image
-from .checkpoints import Contract, Ensemble, EnsembleContract, checkpoint_files, load_model, mean_probability_logit
+from .checkpoints import Contract, Ensemble, EnsembleContract, checkpoint_files, load_model
 from .checkpoints import no_ensemble_threshold, single_checkpoint
 
 # %% auto #0
@@ -311,14 +312,17 @@ def predict_files(checkpoint, # a checkpoint written by `train` (its contract gi
 
 # %% ../nbs/07_inference.ipynb #9b12c5bb
 class ExportedClassifier(nn.Module):
-    "The network with its normalisation and calibration built in: float32 grey levels 0–255 (B,1,S,S) -> (probability (B,), logit (B,))."
+    "The network with its normalisation, test-time augmentation and calibration built in: float32 grey levels 0–255 (B,1,S,S) -> (probability (B,), logit (B,))."
     def __init__(self, backbone:nn.Module, # the classifier's backbone (one logit per image)
                  mean:float, std:float, # normalisation of pixel values / 255, from the contract
-                 calibration:CalibrationRecord|None=None): # the contract's calibration of the logit
+                 calibration:CalibrationRecord|None=None, # the contract's calibration of the logit
+                 tta:str='none'): # the contract's test-time augmentation (`tta_views`)
         super().__init__()
-        self.backbone, self.mean, self.std, self.calibration = backbone, float(mean), float(std), calibration
+        self.backbone, self.mean, self.std, self.calibration, self.tta = backbone, float(mean), float(std), calibration, tta
     def forward(self, image:torch.Tensor):
-        logit = calibrated(self.backbone(normalise(image, self.mean, self.std))[:, 0], self.calibration)
+        x = normalise(image, self.mean, self.std)   # then as `PneumoniaClassifier.forward` in eval mode
+        z = tta_logits(lambda b: self.backbone(b)[:, 0], x, self.tta, fill=-self.mean / self.std)
+        logit = calibrated(z, self.calibration)
         return torch.sigmoid(logit), logit
 
 # %% ../nbs/07_inference.ipynb #ab38b4eb
@@ -336,10 +340,11 @@ _IO = dict(input_names=['image'], output_names=['probability', 'logit'])
 
 @contextmanager
 def _quiet_export():
-    "Silence the deprecation notices of torch.jit and of the TorchScript-based ONNX exporter."
+    "Silence the deprecation notices of torch.jit and of the TorchScript-based ONNX exporter, and its notice of a skipped constant folding."
     with warnings.catch_warnings():
         for msg in (r'.*torch\.jit\.\w+` is deprecated.*', r'.*legacy TorchScript-based ONNX export.*',
-                    r'.*The feature will be removed.*', r'.*TorchScript.*deprecated.*'):
+                    r'.*The feature will be removed.*', r'.*TorchScript.*deprecated.*',
+                r'Constant folding - Only steps=1 can be constant folded.*'):   # the views' row slices: a skipped optimisation
             warnings.filterwarnings('ignore', message=msg)
         warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
         yield
@@ -399,6 +404,7 @@ class ExportResult:
              'outputs    probability (batch,), logit (batch,)' + (": the mean of the members' probabilities, and its logit" if ms else ''),
              'threshold  ' + (f'{t["value"]:.4g} ({t.get("method")}, {t.get("split")} split)' if t else 'none stored: run pneumonia_nb evaluate, then export again'),
              'calibrated ' + (f'sigmoid({k["slope"]:.4g}·logit {k["intercept"]:+.4g}) inside the model ({k["split"]} split)' if (k := c.get('calibration')) else 'no: the network\'s own probabilities'),
+             f'views      ' + ('the image alone' if c['tta'] == 'none' else f"{c['tta']}: {c['tta_views']}, inside the model"),
              f'boxes      {c["boxes"]}',
              'checked    max |difference| from PyTorch: ' + ', '.join(f'{k} {v:.1e}' if v is not None else f'{k} not checked (no onnxruntime)' for k, v in c['verified'].items()),
              f'time       {self.seconds:.1f} s']
@@ -433,9 +439,9 @@ def export_model(checkpoint, # a checkpoint written by `train`, or an ensemble: 
     where = contract.name if ensemble else single_checkpoint(checkpoint)
     size, threshold = contract.size, None if contract.threshold is None else dataclasses.asdict(contract.threshold)
     if threshold is None: _warn_no_threshold(where, ensemble)
-    wrapper = (ExportedEnsemble([ExportedClassifier(m.backbone, c.mean, c.std, c.calibration) for m, c in zip(model.models, contract.members)],
+    wrapper = (ExportedEnsemble([ExportedClassifier(m.backbone, c.mean, c.std, c.calibration, c.tta) for m, c in zip(model.models, contract.members)],
                                 contract.calibration) if ensemble
-               else ExportedClassifier(model.backbone, contract.mean, contract.std, contract.calibration)).eval()
+               else ExportedClassifier(model.backbone, contract.mean, contract.std, contract.calibration, contract.tta)).eval()
     g = torch.Generator().manual_seed(0)
     example = torch.randint(0, 256, (2, 1, size, size), generator=g).float()
     check = torch.randint(0, 256, (3, 1, size, size), generator=g).float()
@@ -478,6 +484,7 @@ def _contract_doc(model, contract, source:Path|None, members:list|None, formats,
         backbone='+'.join(dict.fromkeys(d['backbone'] for d in members)) if ensemble else model.hparams.backbone,
         checkpoint=None if source is None else source.name, checkpoint_sha256=None if source is None else _sha256(source),
         fold=None if ensemble else contract.fold, **({} if members is None else dict(members=members)),
+        tta=model_tta(model), **({} if model_tta(model) == 'none' else dict(tta_views=tta_doc(model_tta(model)))),
         boxes=f'not in the exported model: pneumonia_nb predict writes them ({box_source(model)[0]})',
         files={k: _FILES[k] for k in formats}, onnx=onnx_info,
         verified=verified, torch=torch.__version__, created=time.strftime('%Y-%m-%dT%H:%M:%S%z'))

@@ -17,8 +17,9 @@ __all__ = ['METRICS', 'EPOCH_METRICS', 'CHALLENGE_IOU_THRESHOLDS', 'as_arrays', 
            'average_precision', 'roc_points', 'pr_points', 'calibration_bins', 'brier_score',
            'expected_calibration_error', 'all_metrics', 'metric_table', 'ci_text', 'choose_threshold',
            'threshold_record', 'logits_of', 'fit_platt', 'calibrated', 'uncalibrated', 'calibration_record',
-           'precision_at_recall', 'pooled_metrics', 'EpochMetric', 'epoch_metrics', 'BoxError', 'check_boxes',
-           'box_iou', 'box_mask', 'image_precision', 'mean_ci', 'image_scores', 'challenge_score', 'mean_difference_ci']
+           'mean_probability_logit', 'precision_at_recall', 'pooled_metrics', 'EpochMetric', 'epoch_metrics',
+           'BoxError', 'check_boxes', 'box_iou', 'box_mask', 'image_precision', 'mean_ci', 'image_scores',
+           'challenge_score', 'mean_difference_ci']
 
 # %% ../nbs/03a_metrics.ipynb #120d3eb6
 from .config import CALIBRATION_METHODS, THRESHOLD_METHODS, CalibrationRecord, EvaluateConfig, PneumoniaError, ThresholdRecord
@@ -260,6 +261,16 @@ def calibration_record(y, # labels of the patients it is fitted on
     return rec
 
 def _log_loss(y:np.ndarray, z:np.ndarray)->float: return float(np.mean(np.logaddexp(0, z) - y * z))   # of sigmoid(z), from the logits
+
+# %% ../nbs/03a_metrics.ipynb #16014dfe
+def _log_sigmoid(z:torch.Tensor)->torch.Tensor:
+    "log σ(z) = −(max(−z, 0) + log(1 + e^−|z|)): finite for every finite z, in PyTorch and once exported to ONNX."
+    return -(torch.relu(-z) + torch.log1p(torch.exp(-z.abs())))
+
+def mean_probability_logit(logits:torch.Tensor, # (M, B): M members' logits for B images
+                          )->torch.Tensor: # (B,)
+    "The logit of the members' mean probability, log(p̄/(1−p̄)) with p̄ = mean σ(z), computed in log space."
+    return torch.logsumexp(_log_sigmoid(logits), 0) - torch.logsumexp(_log_sigmoid(-logits), 0)
 
 # %% ../nbs/03a_metrics.ipynb #f8a7e041
 def precision_at_recall(y, p, recall:float=EvaluateConfig.target)->tuple: # (precision, threshold); (nan, nan) without positives

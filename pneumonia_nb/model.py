@@ -16,11 +16,12 @@ import pytorch_lightning as pl
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['BOX_LOSS_WEIGHT', 'build_backbone', 'FocalLoss', 'mix_batch', 'OpacityHead', 'PneumoniaClassifier']
+__all__ = ['BOX_LOSS_WEIGHT', 'TTA_SHIFT', 'TTA_ZOOMS', 'build_backbone', 'FocalLoss', 'mix_batch', 'OpacityHead', 'tta_views',
+           'tta_doc', 'tta_logits', 'PneumoniaClassifier', 'single_view', 'model_tta']
 
 # %% ../nbs/04_model.ipynb #92479519
-from .config import BACKBONES, LOSSES, OPTIMIZERS, SCHEDULERS, ModelConfig, OptimConfig
-from .metrics import calibrated, epoch_metrics
+from .config import BACKBONES, LOSSES, OPTIMIZERS, SCHEDULERS, TTA_VIEWS, ModelConfig, OptimConfig
+from .metrics import calibrated, epoch_metrics, mean_probability_logit
 
 # %% ../nbs/04_model.ipynb #61717d0b
 def _parent(model:nn.Module, name:str):
@@ -237,12 +238,55 @@ class OpacityHead(nn.Module):
         z = self.conv(features)
         return (z + F.interpolate(self.prior, size=z.shape[-2:], mode='bilinear', align_corners=False)).squeeze(1)
 
+# %% ../nbs/04_model.ipynb #89bbf5c7
+TTA_SHIFT, TTA_ZOOMS = 0.04, (0.95, 1.05)   # the 'shift-scale' views: vertical shifts (share of the side), zooms
+
+def _shifted(x:torch.Tensor, d:int, fill:float)->torch.Tensor:
+    "`x` moved down by `d` rows (up for negative `d`), the rows let in at `fill`."
+    h = int(x.shape[-2])   # a fixed size, also when traced for export
+    return F.pad(x, (0, 0, d, 0), value=fill)[..., :h, :] if d > 0 else F.pad(x, (0, 0, 0, -d), value=fill)[..., -d:, :]
+
+def _zoomed(x:torch.Tensor, z:float, fill:float)->torch.Tensor:
+    "`x` zoomed by `z` about its centre (bilinear), the same size; a border let in at `fill`."
+    h, w = (int(v) for v in x.shape[-2:]); nh, nw = round(h * z), round(w * z)
+    y = F.interpolate(x, size=(nh, nw), mode='bilinear', align_corners=False)
+    if z < 1: t, l = (h - nh) // 2, (w - nw) // 2; return F.pad(y, (l, w - nw - l, t, h - nh - t), value=fill)
+    t, l = (nh - h) // 2, (nw - w) // 2; return y[..., t:t + h, l:l + w]
+
+def tta_views(x:torch.Tensor, # (B,C,H,W) images
+              views:str='shift-scale', # one of `TTA_VIEWS`
+              fill:float=0.0, # the value let in at the borders (black, in the units of `x`)
+             )->list: # (B,C,H,W) tensors, the images themselves first
+    "The fixed views of test-time augmentation."
+    if views not in TTA_VIEWS: raise ValueError(f'test-time augmentation must be one of {TTA_VIEWS}, not {views!r}')
+    if views == 'none': return [x]
+    d = max(1, round(TTA_SHIFT * int(x.shape[-2])))
+    return [x, _shifted(x, d, fill), _shifted(x, -d, fill), *(_zoomed(x, z, fill) for z in TTA_ZOOMS)]
+
+def tta_doc(views:str)->str:
+    "The views in words."
+    if views == 'none': return 'the image alone'
+    return (f'the mean probability over the image, the image shifted up and down by {TTA_SHIFT:.0%} of its side, and zoomed to '
+            + ' and '.join(f'{z:g}' for z in TTA_ZOOMS) + ' about its centre (black let in)')
+
+# %% ../nbs/04_model.ipynb #f8f35fbf
+def tta_logits(logit_fn, # (N,C,H,W) -> (N,) logits: the network on a batch
+               x:torch.Tensor, # (B,C,H,W) images
+               views:str='shift-scale', # one of `TTA_VIEWS`
+               fill:float=0.0, # black, in the units of `x`
+              )->torch.Tensor: # (B,) logits
+    "The logit of the mean probability over the views of each image; the images themselves pass last."
+    vs = tta_views(x, views, fill)
+    if len(vs) == 1: return logit_fn(x)
+    others = logit_fn(torch.cat(vs[1:])).float().reshape(len(vs) - 1, -1)
+    return mean_probability_logit(torch.cat([others, logit_fn(x).float()[None]]))
+
 # %% ../nbs/04_model.ipynb #924c71b9
 _M, _O = ModelConfig(), OptimConfig()   # the defaults live in the configuration
 
 # %% ../nbs/04_model.ipynb #35f7354d
 class PneumoniaClassifier(pl.LightningModule):
-    "Pneumonia vs. no pneumonia from a one-channel chest X-ray; `forward` returns logits of shape (B,), calibrated in eval mode by its contract"
+    "Pneumonia vs. no pneumonia from a one-channel chest X-ray; `forward` returns logits of shape (B,); in eval mode under its contract's test-time augmentation and calibration"
     def __init__(self,
                  backbone:str=_M.backbone, # one of `BACKBONES`
                  pretrained:str|bool=_M.pretrained, # 'auto', 'imagenet' or 'none', see `build_backbone`
@@ -284,15 +328,39 @@ class PneumoniaClassifier(pl.LightningModule):
         self.train_metrics, self.val_metrics, self.test_metrics = (m.clone(prefix=p) for p in ('train/', 'val/', 'test/'))
         self.batch_transform = None  # optional nn.Module applied to x on the device, in training steps only
         self.contract, self.run_config = None, None  # set by `train`; saved in every checkpoint (`write_contract`)
+        self._single_view = False  # True inside `single_view`
         if channels_last: self.to(memory_format=torch.channels_last)
         if compile: self.backbone.compile()
 
     def forward(self, x): # (B,1,H,W) normalised images
+        if self.training: return self._logits(x)
+        c = self.contract   # in eval mode: its test-time augmentation, then its calibration (see `calibration_record`)
+        views = 'none' if self._single_view else getattr(c, 'tta', 'none')
+        fill = 0.0 if views == 'none' else -float(c.mean) / float(c.std)   # black, once normalised
+        return calibrated(tta_logits(self._logits, x, views, fill), getattr(c, 'calibration', None))
+
+    def _logits(self, x): # the network alone
         if self.hparams.channels_last: x = x.contiguous(memory_format=torch.channels_last)
-        z = self.backbone(x).squeeze(-1)
-        return z if self.training else calibrated(z, getattr(self.contract, 'calibration', None))   # see `calibration_record`
+        return self.backbone(x).squeeze(-1)
 
     def _keep_stage(self, module, inputs, output): self._stage_out = output   # the box head's features of the last forward pass
+
+# %% ../nbs/04_model.ipynb #bc2e4ea7
+@contextmanager
+def single_view(model:nn.Module, # a `PneumoniaClassifier`, or a module that holds some (an ensemble)
+               ):
+    "Within it, the classifiers' forward passes take the images alone, without test-time augmentation."
+    held = [m for m in model.modules() if isinstance(m, PneumoniaClassifier)]
+    before = [m._single_view for m in held]
+    for m in held: m._single_view = True
+    try: yield model
+    finally:
+        for m, b in zip(held, before): m._single_view = b
+
+def model_tta(model:nn.Module)->str:
+    "The test-time augmentation of `model`'s classifiers' contracts ('none' without one; the first other, if they differ)."
+    views = [getattr(m.contract, 'tta', 'none') for m in model.modules() if isinstance(m, PneumoniaClassifier)]
+    return next((v for v in views if v != 'none'), 'none')
 
 # %% ../nbs/04_model.ipynb #89331e1e
 @patch

@@ -22,7 +22,7 @@ from .config import CalibrationRecord, CheckpointError, PneumoniaError, RunConfi
 from .config import atomic_write, load_config, output_lock, refuse_inputs, resolve_device, save_config
 from .cache import cache_settings, load_manifest, load_stats
 from .dataset import PneumoniaDataModule, load_images
-from .model import PneumoniaClassifier
+from .model import PneumoniaClassifier, tta_doc
 from .checkpoints import ENSEMBLE_FILE, Contract, check_weights, encode_patients, load_checkpoint, load_classifier
 from .checkpoints import predict_images, read_contract, save_classifier, weights_digest, write_ensemble
 from .metrics import auroc, average_precision, calibrated, calibration_record, logits_of, pooled_metrics, threshold_metrics, threshold_record
@@ -176,6 +176,7 @@ class TrainResult:
                          + f', chosen on the validation split, {t.n} patients), stored in the checkpoint')
         else: lines.append('no operating threshold stored: the validation split has patients of one class only')
         lines.append(_calibration_line(self.calibration, 'the validation split') if self.calibration is not None else self.no_calibration)
+        if self.config.model.tta != 'none': lines.append(f'views        {self.config.model.tta}: {tta_doc(self.config.model.tta)}; the checkpoint, threshold and calibration were chosen under them')
         return '\n'.join(lines + [f'checkpoint   {self.best_checkpoint}', f'last         {self.last_checkpoint}',
                                    f'config       {self.out/"config.yaml"}',
                                    f'logs         {self.log_dir}   (tensorboard --logdir {self.log_dir.parent})',
@@ -219,7 +220,7 @@ def _classifier(cfg:RunConfig, dm:PneumoniaDataModule)->PneumoniaClassifier:
     if dm.batch_transform is not None: model.batch_transform = dm.batch_transform
     model.contract = Contract(size=dm.size, mean=dm.mean, std=dm.std, backbone=m.backbone, split=str(load_stats(dm.cache).get('split', 'stratified')),
                               fold=cfg.fit.fold, cache=str(Path(dm.cache).resolve()), train_patients=encode_patients(dm.train_rows.patientId),
-                              val_patients=encode_patients(dm.val_rows.patientId))
+                              val_patients=encode_patients(dm.val_rows.patientId), tta=m.tta)
     model.run_config = cfg
     return model
 

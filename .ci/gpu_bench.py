@@ -374,6 +374,39 @@ def infer_cache(rows, dev, ckpt:Path, cache:Path, n:int, batch:int):
             _append(rows, dict(kind='infer', row=name, precision=prec, batch=batch, images=len(paths), size=size,
                                images_per_s=round(rate, 1), runs=all_runs, device=str(dev), **_peak(dev), what=what[name]))
 
+# %% test-time augmentation: the same probabilities on the CPU and the device
+def tta_parity(ckpt:Path, cache:Path, dev, out:Path|None, n:int=32):
+    "The checkpoint's classifier under 'shift-scale' test-time augmentation on `dev` against the CPU, strict fp32, on `n` cached images."
+    import dataclasses, numpy as np
+    torch = _torch()
+    from pneumonia_nb import load_classifier, load_manifest
+    from pneumonia_nb.model import single_view
+    paths = list(load_manifest(cache).path)[:n]
+    x8 = torch.from_numpy(np.stack([np.load(p) for p in paths]))
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    got = {}
+    for where in ('cpu', str(dev)):
+        model, contract = load_classifier(ckpt, map_location=where)
+        model.eval(); model.contract = dataclasses.replace(model.contract, tta='shift-scale')
+        x = ((x8.float()[:, None] / 255 - float(contract.mean)) / float(contract.std)).to(where)
+        with torch.no_grad():
+            tta = model(x).double().cpu()
+            with single_view(model): one = model(x).double().cpu()
+        got[where] = (tta, one)
+    (tc, oc), (td, od) = got['cpu'], got[str(dev)]
+    res = dict(device=str(dev), images=len(paths), size=int(x8.shape[-1]),
+               tta_probability_vs_cpu=float((torch.sigmoid(td) - torch.sigmoid(tc)).abs().max()),
+               tta_logit_vs_cpu=float((td - tc).abs().max()),
+               single_view_probability_vs_cpu=float((torch.sigmoid(od) - torch.sigmoid(oc)).abs().max()),
+               tta_vs_single_view_probability_cpu=float((torch.sigmoid(tc) - torch.sigmoid(oc)).abs().max()))
+    res['pass'] = res['tta_probability_vs_cpu'] <= 1e-3
+    if out: out.write_text(json.dumps(res, indent=1))
+    print(f"tta parity on {dev}: {len(paths)} images at {res['size']}², max |difference| device vs CPU: probability "
+          f"{res['tta_probability_vs_cpu']:.1e} (logit {res['tta_logit_vs_cpu']:.1e}) with shift-scale views, "
+          f"{res['single_view_probability_vs_cpu']:.1e} without; the views move probabilities by up to "
+          f"{res['tta_vs_single_view_probability_cpu']:.3f} -> {'pass' if res['pass'] else 'FAIL'} (limit 1e-3)")
+    if not res['pass']: sys.exit(1)
+
 # %% main
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -382,6 +415,8 @@ def main():
     p = sub.add_parser('replica'); p.add_argument('--src', type=Path, required=True); p.add_argument('--dest', type=Path, required=True)
     p.add_argument('--n', type=int, required=True); p.add_argument('--new', type=Path); p.add_argument('--new_n', type=int, default=64)
     p = sub.add_parser('parity'); p.add_argument('--export', type=Path, required=True); p.add_argument('--device', default='cuda'); p.add_argument('--out', type=Path)
+    p = sub.add_parser('tta-parity'); p.add_argument('--ckpt', type=Path, required=True); p.add_argument('--cache', type=Path, required=True)
+    p.add_argument('--device', default='cuda'); p.add_argument('--out', type=Path); p.add_argument('--n', type=int, default=32)
     for name in ('model', 'ours', 'original', 'infer-dicom', 'infer-cache'):
         p = sub.add_parser(name); p.add_argument('--rows', type=Path, required=True); p.add_argument('--device', default='cuda')
         p.add_argument('--batch', type=int, default=256); p.add_argument('--size', type=int, default=224)
@@ -396,6 +431,7 @@ def main():
     dev = _device(a.device)
     global REPEATS; REPEATS = getattr(a, 'repeats', 3)
     if a.cmd == 'parity': return parity(a.export, dev, a.out)
+    if a.cmd == 'tta-parity': return tta_parity(a.ckpt, a.cache, dev, a.out, a.n)
     if a.cmd == 'model': return model_alone(a.rows, dev, a.batch, a.size, a.compile, a.warmup, a.steps)
     if a.cmd == 'ours': return ours(a.rows, dev, a.cache, a.out, a.batch, a.compile, a.warmup)
     if a.cmd == 'original': return original(a.rows, dev, a.processed, a.batch, a.size, a.warmup, a.steps, a.workers)

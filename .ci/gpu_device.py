@@ -71,6 +71,8 @@ STEPS = [
     step('preprocess_big', [*PNB, 'preprocess', '--data', W['big'], '--out', W['bigcache'], '--preprocess.size', S,
                             '--export_folder', W['processed']], 150, 300, needs=['data'], pick=r'in the manifest',
          what="the larger replica's cache, and the original example's .npy folders", group='cli'),
+    step('tta_parity', [*BENCH, 'tta-parity', '--ckpt', CKPT, '--cache', W['cache'], '--device', P['dev'], '--out', WORK/'tta_parity.json'],
+         60, 120, needs=['train'], pick=r'tta parity on', what="the checkpoint under 'shift-scale' test-time augmentation on the device against the CPU", group='cli'),
     step('parity', [*BENCH, 'parity', '--export', W['export'], '--device', P['dev'], '--out', WORK/'parity.json'], 60, 120,
          needs=['export'], pick=r'parity on', what='the exported TorchScript on the device against the CPU and ONNX Runtime'),
     step('bench_a', [*BENCH, 'model', '--rows', ROWS, *REP, '--device', P['dev'], '--batch', P['tb'], '--size', S,
@@ -176,6 +178,7 @@ def _jsonl(path:Path)->list:
 def write_results(results:dict):
     results['env'] = json.loads((WORK/'env.json').read_text()) if (WORK/'env.json').exists() else None
     results['parity'] = json.loads((WORK/'parity.json').read_text()) if (WORK/'parity.json').exists() else None
+    results['tta_parity'] = json.loads((WORK/'tta_parity.json').read_text()) if (WORK/'tta_parity.json').exists() else None
     rows = _jsonl(ROWS)
     results['throughput'] = [r for r in rows if r.get('kind') == 'train']
     results['inference'] = [r for r in rows if r.get('kind') == 'infer']
@@ -203,7 +206,7 @@ def table(results:dict)->str:
 def main():
     WORK.mkdir(parents=True, exist_ok=True); OUT.mkdir(parents=True, exist_ok=True)
     if ROWS.exists(): ROWS.unlink()
-    for f in ('env.json', 'parity.json'): (WORK/f).unlink(missing_ok=True)
+    for f in ('env.json', 'parity.json', 'tta_parity.json'): (WORK/f).unlink(missing_ok=True)
     t0 = time.time(); deadline = t0 + BUDGET
     results = dict(mode=MODE, started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'), budget_s=BUDGET,
                    params=P, data=str(DATA), steps=[])

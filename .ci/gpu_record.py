@@ -18,7 +18,7 @@ def _fmt(v, nd=None):
     return f'{v:,.{(1 if v < 100 else 0) if nd is None else nd}f}'
 
 def _mem(r): return '–' if r.get('peak_gpu_mib') is None else f"{r['peak_gpu_mib'] / 1024:.1f} GiB"
-def _cell(s:str)->str: return str(s).replace('|', '\\|').replace('\n', ' ')
+def _cell(s:str)->str: return str(s).replace('/tmp/gpuproof', 'WORK').replace('|', '\\|').replace('\n', ' ')
 
 def provenance(res:dict)->str:
     e = res.get('env') or {}
@@ -53,6 +53,13 @@ def cli_table(res:dict)->str:
         d = ', '.join(f'{k} {v:.1e}' for k, v in par.items() if isinstance(v, float))
         out += ['', f"Export parity on the device ({par.get('device')}), max |difference| of (probability, logit): {d}; "
                     f"{'within' if par.get('pass') else 'NOT within'} export's own limit of 1e-3."]
+    tp = res.get('tta_parity')
+    if tp:
+        out += ['', f"Test-time augmentation ('shift-scale') on the device ({tp.get('device')}) against the CPU, strict fp32, "
+                    f"{tp.get('images')} cached images at {tp.get('size')}²: max |difference| of the probability "
+                    f"{tp['tta_probability_vs_cpu']:.1e} (logit {tp['tta_logit_vs_cpu']:.1e}), without the views "
+                    f"{tp['single_view_probability_vs_cpu']:.1e}; the views themselves move a probability by up to "
+                    f"{tp['tta_vs_single_view_probability_cpu']:.3f}; {'within' if tp.get('pass') else 'NOT within'} the limit of 1e-3."]
     return '\n'.join(out)
 
 def throughput_table(res:dict)->str:
@@ -64,7 +71,7 @@ def throughput_table(res:dict)->str:
            "ResNet-18 with a 1-channel stem on random tensors already on the card, bf16 autocast, channels-last, AdamW; (b) "
            "`pneumonia_nb.train` end to end as the command runs it (default recipe), timed by a Lightning callback over the "
            "training batches of its second epoch; (c) the original example's path (`DatasetFolder` of float16 `.npy`, "
-           "torchvision transforms in DataLoader workers, fp32, Adam). (a) and (c): median of {p.get('repeats', 3)} timed runs after warm-up.",
+           f"torchvision transforms in DataLoader workers, fp32, Adam). (a) and (c): median of {p.get('repeats', 3)} timed runs after warm-up.",
            '', '| path | compiled | precision | images/s | vs (a) | peak GPU memory |', '|---|---|---|---|---|---|']
     order = sorted(rows, key=lambda r: (r['compile'], r['row']))
     for r in order:
@@ -95,7 +102,7 @@ def inference_table(res:dict)->str:
            f"ResNet-18 (random weights, the contract of a {p.get('size')}² cache), batch {p.get('tb')}, measured by `.ci/gpu_bench.py` "
            f"(not by the cells above): {p.get('dicom_n')} replica DICOMs (1024² JPEG Baseline, the challenge's format) through "
            f"`predict_files` as `pneumonia_nb predict` runs it, and {p.get('cache_n')} cached arrays; bf16 is the same call under "
-           "`torch.autocast`. Median of {p.get('repeats', 3)} timed runs after one warm-up run.",
+           f"`torch.autocast`. Median of {p.get('repeats', 3)} timed runs after one warm-up run.",
            '', '| path | fp32 images/s | bf16 images/s | peak GPU memory fp32 / bf16 |', '|---|---|---|---|']
     for n in names:
         f, b = get(n, 'fp32'), get(n, 'bf16')

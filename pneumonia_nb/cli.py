@@ -79,7 +79,8 @@ def _recipe_help()->str:
     def changes(name): return ', '.join(f'{g}.{k} {v}' for g, d in recipe(name).to_dict().items() if isinstance(d, dict) for k, v in d.items() if base[g][k] != v)
     return (f"The starting configuration ({', '.join(RECIPES)}), which --config files and options change. The defaults shown are the 'default' "
             f"recipe's, used with --data or --cache; without them the 'demo' recipe is used ({changes('demo')}); 'original' is the original "
-            f"example's ({changes('original')}).")
+            f"example's ({changes('original')}); 'ensemble' trains the default recipe as one ensemble of fold models ({changes('ensemble')}), "
+            "five times the training time, its threshold chosen on the pooled out-of-fold predictions.")
 
 # %% ../nbs/08_cli.ipynb #2c9f476b
 class _ConfigFile(ActionConfigFile):

@@ -410,7 +410,7 @@ def _plain(v):
     return v
 
 # %% ../nbs/00_config.ipynb #076c3b90
-RECIPES = ('default', 'original', 'demo')
+RECIPES = ('default', 'original', 'demo', 'ensemble')
 
 def recipe(name:str='default', # one of `RECIPES`
           )->RunConfig:
@@ -420,6 +420,7 @@ def recipe(name:str='default', # one of `RECIPES`
         return RunConfig().override(optimizer='adam', lr=1e-4, scheduler='none', weight_decay=0.0, pos_weight=3.0,
                                     batch_size=64, epochs=35, warmup_epochs=0.0)
     if name == 'demo': return RunConfig().override(size=128, epochs=10, batch_size=32, test_frac=0.2)
+    if name == 'ensemble': return RunConfig().override(cv_folds=5)
     raise ConfigError('recipe', f'unknown recipe {name!r}; choose one of {", ".join(RECIPES)}')
 
 # %% ../nbs/00_config.ipynb #557a8968

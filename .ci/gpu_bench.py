@@ -380,6 +380,7 @@ def tta_parity(ckpt:Path, cache:Path, dev, out:Path|None, n:int=32):
     import dataclasses, numpy as np
     torch = _torch()
     from pneumonia_nb import load_classifier, load_manifest
+    from pneumonia_nb.config import normalise
     from pneumonia_nb.model import single_view
     paths = list(load_manifest(cache).path)[:n]
     x8 = torch.from_numpy(np.stack([np.load(p) for p in paths]))
@@ -388,7 +389,7 @@ def tta_parity(ckpt:Path, cache:Path, dev, out:Path|None, n:int=32):
     for where in ('cpu', str(dev)):
         model, contract = load_classifier(ckpt, map_location=where)
         model.eval(); model.contract = dataclasses.replace(model.contract, tta='shift-scale')
-        x = ((x8.float()[:, None] / 255 - float(contract.mean)) / float(contract.std)).to(where)
+        x = normalise(x8.float()[:, None], contract.mean, contract.std).to(where)
         with torch.no_grad():
             tta = model(x).double().cpu()
             with single_view(model): one = model(x).double().cpu()

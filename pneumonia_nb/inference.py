@@ -344,7 +344,7 @@ def _quiet_export():
     with warnings.catch_warnings():
         for msg in (r'.*torch\.jit\.\w+` is deprecated.*', r'.*legacy TorchScript-based ONNX export.*',
                     r'.*The feature will be removed.*', r'.*TorchScript.*deprecated.*',
-                r'Constant folding - Only steps=1 can be constant folded.*'):   # the views' row slices: a skipped optimisation
+                    r'Constant folding - Only steps=1 can be constant folded.*'):   # the views' row slices: a skipped optimisation
             warnings.filterwarnings('ignore', message=msg)
         warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
         yield
@@ -484,7 +484,7 @@ def _contract_doc(model, contract, source:Path|None, members:list|None, formats,
         backbone='+'.join(dict.fromkeys(d['backbone'] for d in members)) if ensemble else model.hparams.backbone,
         checkpoint=None if source is None else source.name, checkpoint_sha256=None if source is None else _sha256(source),
         fold=None if ensemble else contract.fold, **({} if members is None else dict(members=members)),
-        tta=model_tta(model), **({} if model_tta(model) == 'none' else dict(tta_views=tta_doc(model_tta(model)))),
+        tta=(views := model_tta(model)), **({} if views == 'none' else dict(tta_views=tta_doc(views))),
         boxes=f'not in the exported model: pneumonia_nb predict writes them ({box_source(model)[0]})',
         files={k: _FILES[k] for k in formats}, onnx=onnx_info,
         verified=verified, torch=torch.__version__, created=time.strftime('%Y-%m-%dT%H:%M:%S%z'))

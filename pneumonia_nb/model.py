@@ -275,7 +275,7 @@ def tta_logits(logit_fn, # (N,C,H,W) -> (N,) logits: the network on a batch
                views:str='shift-scale', # one of `TTA_VIEWS`
                fill:float=0.0, # black, in the units of `x`
               )->torch.Tensor: # (B,) logits
-    "The logit of the mean probability over the views of each image; the images themselves pass last."
+    "The logit of the mean probability over the views of each image; the images themselves pass last, so that what a forward hook keeps (the box head's features) is theirs."
     vs = tta_views(x, views, fill)
     if len(vs) == 1: return logit_fn(x)
     others = logit_fn(torch.cat(vs[1:])).float().reshape(len(vs) - 1, -1)

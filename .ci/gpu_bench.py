@@ -342,15 +342,15 @@ def infer_cache(rows, dev, ckpt:Path, cache:Path, n:int, batch:int):
     import numpy as np
     torch = _torch()
     from pneumonia_nb import load_classifier, load_manifest
+    from pneumonia_nb.config import normalise
     model, contract = load_classifier(ckpt, map_location=str(dev))
     model.eval()
-    mean, std = float(contract.mean), float(contract.std)
     paths = list(load_manifest(cache).path)[:n]
     held = torch.from_numpy(np.stack([np.load(p) for p in paths]))
     if dev.type == 'cuda': held = held.pin_memory()
     size = held.shape[-1]
     def forward(x_uint8):
-        x = (x_uint8.to(dev, non_blocking=True).float()[:, None] / 255 - mean) / std
+        x = normalise(x_uint8.to(dev, non_blocking=True)[:, None], contract.mean, contract.std)
         return torch.sigmoid(model(x).float()).cpu()
     def from_files():
         for i in range(0, len(paths), batch): forward(torch.from_numpy(np.stack([np.load(p) for p in paths[i:i + batch]])))

@@ -29,7 +29,7 @@ from .metrics import auroc, average_precision, calibrated, calibration_record, l
 
 # %% auto #0
 __all__ = ['resolve_precision', 'TrainingDiverged', 'AugmentedImages', 'TrainResult', 'train', 'Fold', 'FoldCallback',
-           'OutOfFold', 'run_folds', 'CVResult', 'cross_validate']
+           'config_differences', 'OutOfFold', 'run_folds', 'CVResult', 'cross_validate']
 
 # %% ../nbs/05_training.ipynb #a9ed356b
 def resolve_precision(precision:str='auto', accelerator:str='auto')->str:
@@ -385,14 +385,21 @@ def _predict_fold(index:int, k:int, r:TrainResult, m:pd.DataFrame, select:str)->
 # %% ../nbs/05_training.ipynb #a953791e
 def _flat(d:dict, prefix:str='')->dict: return {k2: v2 for k, v in d.items() for k2, v2 in (_flat(v, f'{prefix}{k}.') if isinstance(v, dict) else {f'{prefix}{k}': v}).items()}
 
+def config_differences(had:RunConfig, # the configuration a run recorded (its config.yaml)
+                       want:RunConfig, # the configuration asked for now
+                       cache=None, # the cache `want` runs on: a run records the cache's preprocess settings, so `want` gets them first
+                      )->list: # 'field recorded, now asked' for each field that differs
+    "Where two run configurations differ, outside the hardware group (the same run may move to another machine)."
+    a, b = _flat(had.to_dict()), _flat((want if cache is None else _resolved(want, cache)).to_dict())
+    return [f'{k} {a.get(k)!r}, now {b[k]!r}' for k in b if not k.startswith('hardware.') and a.get(k) != b[k]]
+
 def _check_fold_config(out:Path, cfg:RunConfig):
     "Refuse to resume a fold folder whose `config.yaml` is another recipe's: one ensemble never mixes two. The hardware may differ."
     path = out/'config.yaml'
     if not path.is_file(): return   # nothing recorded: the run had not started
-    had, want = _flat(load_config(path).to_dict()), _flat(cfg.to_dict())
-    diff = [k for k in want if not k.startswith('hardware.') and had.get(k) != want[k]]
-    if diff: raise PneumoniaError(path, 'was trained with another configuration (' + ', '.join(f'{k} {had.get(k)!r}, now {want[k]!r}' for k in diff[:4])
-                                  + (', ...' if len(diff) > 4 else '') + '): resume with the same options, or leave --resume out to train every fold anew')
+    diff = config_differences(load_config(path), cfg)
+    if diff: raise PneumoniaError(path, 'was trained with another configuration (' + ', '.join(diff[:4]) + (', ...' if len(diff) > 4 else '')
+                                  + '): resume with the same options, or leave --resume out to train every fold anew')
 
 def _number_table(d, path:Path, key:str)->dict:
     "A table of metrics read back from `path`: names to numbers, or an error naming the file and the key."

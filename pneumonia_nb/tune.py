@@ -46,13 +46,13 @@ from filelock import FileLock
 from pytorch_lightning.callbacks import Callback
 
 # %% ../nbs/10_tune.ipynb #cd29c287
-from .config import ConfigError, PneumoniaError, RunConfig, atomic_write, config_from_dict, save_config, yaml_problem
+from .config import ConfigError, PneumoniaError, RunConfig, atomic_write, config_from_dict, load_config, save_config, yaml_problem
 
 # %% ../nbs/10_tune.ipynb #4fd2e52c
 from .cache import load_manifest, load_stats
 
 # %% ../nbs/10_tune.ipynb #d789569a
-from .training import FoldCallback, TrainingDiverged, cross_validate, run_folds, train
+from .training import FoldCallback, TrainingDiverged, config_differences, cross_validate, run_folds, train
 
 # %% ../nbs/10_tune.ipynb #080cbcab
 from .evaluation import evaluate
@@ -535,12 +535,31 @@ def _test_row(trained, ev, cfg:RunConfig)->dict:
                 recall_at_threshold=float(m.loc['recall'].value), recall_target=cfg.evaluate.target,
                 val_auroc=float(chosen), test_patients=len(pr), ensemble=bool(cfg.fit.cv_folds))
 
+def _recorded(out:Path, protocol:str, cfg:RunConfig)->tuple:
+    "(the config.yaml a finished job left, what it holds when the job was `cfg`'s, the folder of its folds or None)"
+    if protocol == 'holdout' and not cfg.fit.cv_folds: return out/'train'/'config.yaml', cfg, None
+    runs = out/'train' if protocol == 'holdout' else out
+    return runs/'fold_0'/'config.yaml', cfg.override(fold=0, cv_folds=None), runs   # each fold's run records its own fold
+
+def _check_finished(done:Path, protocol:str, cfg:RunConfig, cache:Path):
+    "Refuse to reuse a result that another configuration (or another number of folds) made: a renamed recipe never inherits another's figures."
+    path, want, runs = _recorded(done.parent, protocol, cfg)
+    if not path.is_file(): raise PneumoniaError(done, f'has no {path.relative_to(done.parent)} beside it, as a run of this recipe '
+                                                      f'({"a fold ensemble" if runs else "one model"}) leaves: another recipe made it, or its folder '
+                                                      'is incomplete; give the recipe another name, or delete its folder to run it again')
+    diff = config_differences(load_config(path), want, cache)
+    if runs is not None:
+        k = cfg.fit.cv_folds or int(load_manifest(cache).fold.max()) + 1
+        ran = sum(1 for f in runs.glob('fold_*') if f.is_dir())
+        if ran != k: diff.append(f'folds {ran}, now {k}')
+    if diff: raise PneumoniaError(done, 'was made with another configuration (' + ', '.join(diff[:4]) + (', ...' if len(diff) > 4 else '')
+                                        + '): give the recipe another name, or delete its folder to run it again')
+
 def _compare_job(job:tuple)->dict:
-    "One recipe, one seed, one protocol; the result is written to the job's folder and returned."
+    "One recipe, one seed, one protocol; the result is written to the job's folder and returned (a finished one is reused once it is shown to be this job's)."
     protocol, name, cfg_dict, seed, cache, out = job
-    done = Path(out)/'result.json'
-    if done.is_file(): return json.loads(done.read_text())
-    cfg = config_from_dict(cfg_dict, name).override(seed=seed)
+    done, cfg = Path(out)/'result.json', config_from_dict(cfg_dict, name).override(seed=seed)
+    if done.is_file(): _check_finished(done, protocol, cfg, Path(cache)); return json.loads(done.read_text())
     t0 = time.time()
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')

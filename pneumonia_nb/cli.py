@@ -81,7 +81,7 @@ def _recipe_help()->str:
             f"recipe's, used with --data or --cache; without them the 'demo' recipe is used ({changes('demo')}); 'original' is the original "
             f"example's ({changes('original')}); 'ensemble' trains the default recipe as one ensemble of fold models ({changes('ensemble')}), "
             "five times the training time, its threshold chosen on the pooled out-of-fold predictions; like 'default' it reads 224² images, "
-            "the size ImageNet weights are trained at (from random weights on few patients --preprocess.size 128 measured better).")
+            "the size ImageNet weights are trained at (from random weights on few patients it ranked as well at --preprocess.size 128, in half the time, and was better calibrated at 224²).")
 
 # %% ../nbs/08_cli.ipynb #2c9f476b
 class _ConfigFile(ActionConfigFile):

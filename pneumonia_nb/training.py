@@ -383,7 +383,7 @@ def _predict_fold(index:int, k:int, r:TrainResult, m:pd.DataFrame, select:str)->
     return Fold(index, k, r, ckpt, weights_digest(model.state_dict()), val[['patientId', 'Target']].assign(fold=k, probability=p))
 
 # %% ../nbs/05_training.ipynb #a953791e
-def _flat(d:dict, prefix:str='')->dict: return {k2: v2 for k, v in d.items() for k2, v2 in (_flat(v, f'{prefix}{k}.') if isinstance(v, dict) else {f'{prefix}{k}': v}).items()}
+def _flat(d:dict)->dict: return pd.json_normalize(d, sep='.').iloc[0].to_dict()   # {'optim': {'lr': ..}} as {'optim.lr': ..}
 
 def config_differences(had:RunConfig, # the configuration a run recorded (its config.yaml)
                        want:RunConfig, # the configuration asked for now
@@ -414,8 +414,9 @@ def _finished_fold(out:Path, cfg:RunConfig, m:pd.DataFrame, k:int)->TrainResult:
     if not last.is_file(): raise PneumoniaError(last, 'missing: the fold run finished (metrics.json is there) but its last checkpoint is gone; '
                                                       'leave --resume out to train every fold anew')
     test = m.split == 'test'
+    contracts = {}   # each checkpoint read once: checked here, best.ckpt's threshold and calibration kept below
     for path in (best, last) if best.is_file() else (last,):
-        c = read_contract(load_checkpoint(path), path)[0]
+        c = contracts[path] = read_contract(load_checkpoint(path), path)[0]
         for what, field, rows in (('validated', 'val_patients', m[(m.fold == k) & ~test]), ('trained', 'train_patients', m[(m.fold != k) & ~test])):
             if getattr(c, field) != encode_patients(rows.patientId):
                 raise PneumoniaError(path, f'{what} on other patients than fold {k} of this cache does: it is not this fold\'s model; '
@@ -426,7 +427,7 @@ def _finished_fold(out:Path, cfg:RunConfig, m:pd.DataFrame, k:int)->TrainResult:
     if not isinstance(d, dict): raise PneumoniaError(path, 'not a table of metrics')
     tables = {key: _number_table(d.get(key) or {}, path, key) for key in ('metrics', 'at_threshold', 'at_0_5')}
     seconds = d.get('seconds', float('nan'))
-    ck = read_contract(load_checkpoint(best), best)[0] if best.is_file() else None   # best.ckpt holds the threshold and calibration train chose
+    ck = contracts.get(best)   # best.ckpt holds the threshold and calibration train chose
     logs = sorted((out/'logs').glob('version_*'), key=lambda p: int(p.name.split('_')[-1]) if p.name.split('_')[-1].isdigit() else -1)
     return TrainResult(out, best if best.is_file() else None, last, logs[-1] if logs else out/'logs', tables['metrics'], cfg,
                        None if ck is None else ck.threshold, tables['at_threshold'], tables['at_0_5'],

@@ -367,7 +367,7 @@ def _ensemble_in(folder:Path)->Path:
     if f.is_file(): return f
     if not [p for p in folder.iterdir() if not p.name.startswith('.')]:
         raise CheckpointError(folder, f'empty folder: give the folder pneumonia_nb train --fit.cv_folds K wrote (it holds {ENSEMBLE_FILE}), or checkpoint files')
-    ckpts = list(folder.glob('fold_*/checkpoints/*.ckpt'))
+    ckpts = [*folder.glob('fold_*/checkpoints/*.ckpt'), *folder.glob('seed_*/fold_*/checkpoints/*.ckpt')]   # one seed, or several
     hint = (f'it has {len(ckpts)} fold checkpoint(s): a cross-validation that did not finish, or one written before ensembles were; rerun '
             'it, or give the checkpoints one by one' if ckpts else 'give the folder pneumonia_nb train --fit.cv_folds K wrote, or checkpoint files')
     raise CheckpointError(folder, f'no {ENSEMBLE_FILE} here, so this folder is not an ensemble; {hint}')

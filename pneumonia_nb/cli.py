@@ -168,8 +168,8 @@ _COMMANDS = {   # name: (one line, what it does, the groups of `RunConfig` it ta
     'train': ('train the classifier (on the demo dataset without --data/--cache)', 'Train a ResNet-style classifier with PyTorch Lightning: '
               'OUT/config.yaml (replay with --config OUT/config.yaml), best and last checkpoints in OUT/checkpoints (best.ckpt holds the operating '
               'threshold chosen on the validation split), TensorBoard logs in OUT/logs, validation metrics in OUT/metrics.json. With '
-              '--fit.cv_folds K: one such run per fold in OUT/fold_k, the out-of-fold predictions in OUT/oof.csv, the metrics in OUT/cv.json, '
-              'and OUT/ensemble.json: the fold models as one ensemble, with the threshold chosen on the pooled out-of-fold predictions (give OUT '
+              '--fit.cv_folds K: one such run per fold in OUT/fold_k (with --fit.cv_seeds S, S runs per fold, in OUT/seed_s/fold_k), the out-of-fold predictions in OUT/oof.csv, the metrics in OUT/cv.json, '
+              'and OUT/ensemble.json: the fold models as one ensemble, with the calibration and threshold chosen on the pooled out-of-fold predictions (give OUT '
               'to evaluate, predict and export). Without --data or --cache the demo dataset is generated into OUT/demo_data.', _TRAINING),
     'evaluate': ('metrics with confidence intervals, plots, Grad-CAM and a report', 'Evaluate a checkpoint on the held-out test split of its cache '
                  '(or on a separate labelled dataset with --data) and write OUT/metrics.json, OUT/predictions.csv, the plots as PNG and '

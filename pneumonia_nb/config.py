@@ -353,8 +353,11 @@ class FitConfig:
     deterministic:bool=False # deterministic algorithms: bit-reproducible, slower
     fold:int|None=None # validate on this fold of the manifest (at least 0; None: the manifest's train/val split)
     cv_folds:int|None=None # k-fold cross-validation over the first K folds, at least 2; reports mean ± sd and pooled out-of-fold metrics
+    cv_seeds:int=1 # with cv_folds: train each fold's model this many times, with seeds seed, seed+1, ...; the ensemble holds them all, and each patient's out-of-fold prediction is the mean of its fold's models (at least 1)
     def __post_init__(self):
         _positive('fit', self, 'fold', minimum=0); _positive('fit', self, 'cv_folds', minimum=2); _positive('fit', self, 'seed', minimum=0, maximum=_SEED_MAX)
+        _positive('fit', self, 'cv_seeds', minimum=1, maximum=_SEED_MAX - self.seed + 1)   # the last seed, seed + cv_seeds - 1, is a seed too
+        _check('fit', 'cv_seeds', self.cv_seeds == 1 or self.cv_folds is not None, f'{self.cv_seeds} seeds of each fold model need fit.cv_folds (the folds to train them on)')
 
 # %% ../nbs/00_config.ipynb #5f6f27c2
 @dataclass
@@ -420,7 +423,7 @@ def recipe(name:str='default', # one of `RECIPES`
         return RunConfig().override(optimizer='adam', lr=1e-4, scheduler='none', weight_decay=0.0, pos_weight=3.0,
                                     batch_size=64, epochs=35, warmup_epochs=0.0)
     if name == 'demo': return RunConfig().override(size=128, epochs=10, batch_size=32, test_frac=0.2)
-    if name == 'ensemble': return RunConfig().override(cv_folds=5)
+    if name == 'ensemble': return RunConfig().override(cv_folds=5, cv_seeds=2)
     raise ConfigError('recipe', f'unknown recipe {name!r}; choose one of {", ".join(RECIPES)}')
 
 # %% ../nbs/00_config.ipynb #557a8968

@@ -29,7 +29,7 @@ from .metrics import auroc, average_precision, calibrated, calibration_record, l
 
 # %% auto #0
 __all__ = ['resolve_precision', 'TrainingDiverged', 'AugmentedImages', 'TrainResult', 'train', 'Fold', 'FoldCallback',
-           'config_differences', 'OutOfFold', 'run_folds', 'CVResult', 'cross_validate']
+           'config_differences', 'OutOfFold', 'run_folds', 'CVResult', 'cv_folders', 'cross_validate']
 
 # %% ../nbs/05_training.ipynb #a9ed356b
 def resolve_precision(precision:str='auto', accelerator:str='auto')->str:
@@ -457,7 +457,7 @@ class OutOfFold:
 
 def run_folds(cache, # cache folder written by `preprocess`
               out, # output folder: fold_K/ for each fold, oof.csv
-              config:RunConfig, # every fold's configuration (its `fit.fold` is set to each fold in turn)
+              config:RunConfig, # every fold's configuration (its `fit.fold` is set to each fold in turn; one seed, `fit.seed`)
               folds:list, # the manifest's folds to run, in order
               select:str='last', # checkpoint that predicts its fold: 'last' epoch, or 'best' val AUROC (optimistic)
               callback:FoldCallback|None=None, # the caller's hooks (see `FoldCallback`)
@@ -472,7 +472,7 @@ def run_folds(cache, # cache folder written by `preprocess`
     done = []
     for i, k in enumerate(folds):
         t, where = time.time(), f'fold {i + 1} of {len(folds)} (fold_{k})'
-        r, how = _fold_run(cache, out/f'fold_{k}', config.override(fold=k, cv_folds=None), m, k, resume, cb.train_callbacks(i, k), train_kwargs,
+        r, how = _fold_run(cache, out/f'fold_{k}', config.override(fold=k, cv_folds=None, cv_seeds=1), m, k, resume, cb.train_callbacks(i, k), train_kwargs,
                            lambda line: say(f'{where}: {line}'))
         cb.on_fold_trained(i, k, r)
         done.append(_predict_fold(i, k, r, m, select)); cb.on_fold_end(done[-1])
@@ -494,47 +494,72 @@ class CVResult:
     select: str = 'last' # the model that predicted each fold: 'last' epoch, or 'best' (chosen on that fold: optimistic)
     calibration: CalibrationRecord|None = None # the ensemble's calibration, fitted on the pooled out-of-fold predictions
     no_calibration: str = '' # why there is none
+    seeds: pd.DataFrame|None = None # with several seeds (`fit.cv_seeds`): each seed's fold models alone, their pooled out-of-fold metrics
     def summary(self)->str:
         per = [f'  {c:22} {self.folds[c].mean():.4f} ± {self.folds[c].std(ddof=1):.4f}' for c in ('auroc', 'average_precision') if c in self.folds]
         t = self.threshold
         thr = (f'ensemble operating threshold {t.value:.4f} ({t.method}' + (f' {t.target}' if t.target is not None else '')
                + f', chosen on the pooled out-of-fold predictions, {t.n} patients)' if t is not None else
                'no ensemble threshold: the out-of-fold predictions have patients of one class only')
-        head = (f'{len(self.folds)}-fold cross-validation: pooled out-of-fold predictions ({len(self.oof)} patients, each predicted by the '
-                f'{self.select} model of the fold that did not train on it)' + (':' if self.select == 'last' else
-                '; OPTIMISTIC: each model was the epoch that scored best on the very fold it predicts (select="last" is not):'))
+        n = 1 if self.seeds is None else len(self.seeds)
+        head = (f'{len(self.folds)}-fold cross-validation' + ('' if n == 1 else f', {n} seeds of each fold model') + f': pooled out-of-fold predictions ({len(self.oof)} '
+                'patients, each predicted by the ' + (f'{self.select} model' if n == 1 else f'mean of the {n} {self.select} models') + ' of the fold that did not train on it)'
+                + (':' if self.select == 'last' else '; OPTIMISTIC: each model was the epoch that scored best on the very fold it predicts (select="last" is not):'))
+        alone = [] if n == 1 else ["each seed's fold models alone, pooled out-of-fold AUROC: " + ', '.join(f'seed {r.seed} {r.auroc:.4f}' for r in self.seeds.itertuples())]
         cal = _calibration_line(self.calibration, 'the pooled out-of-fold predictions') if self.calibration is not None else self.no_calibration
         return '\n'.join([head, *[f'  {k:22} {v:.4f}' for k, v in self.pooled.items()],
-                          'the same predictions, fold by fold (mean ± sd):', *per, thr, cal]
+                          'the same predictions, fold by fold (mean ± sd):', *per, *alone, thr, cal]
                          + ([f'ensemble     {self.ensemble}   (evaluate, predict and export take its folder as --ckpt)'] if self.ensemble else []))
 
 # %% ../nbs/05_training.ipynb #0db7b993
+def cv_folders(out, # the output folder of `cross_validate`
+               config:RunConfig, # its configuration: `fit.seed` and `fit.cv_seeds`
+              )->list: # [(seed, the folder of that seed's fold_K runs)]
+    "Where `cross_validate` trains each seed's fold models: in `out` itself with one seed; in `out/seed_S` for each seed S with several."
+    seeds = [config.fit.seed + r for r in range(config.fit.cv_seeds)]
+    return [(s, Path(out) if len(seeds) == 1 else Path(out)/f'seed_{s}') for s in seeds]
+
+def _mean_oof(tables:list)->pd.DataFrame:
+    "The seeds' out-of-fold tables as one: each patient's probability averaged over the seeds, as the ensemble averages its members' probabilities."
+    ids = tables[0].patientId.tolist()
+    if any(t.patientId.tolist() != ids for t in tables[1:]): raise RuntimeError('the seeds predicted different patients')   # one manifest: never
+    return tables[0].assign(probability=np.mean([t.probability.to_numpy() for t in tables], axis=0))
+
 def cross_validate(cache, # cache folder written by `preprocess`
-                   out, # output folder: fold_0/, fold_1/, ..., oof.csv, cv.json, ensemble.json
-                   config:RunConfig|None=None, # the configuration of every fold's run; `fit.cv_folds` folds (default: all in the manifest)
+                   out, # output folder: fold_0/, fold_1/, ... (with several seeds, seed_S/fold_0/, ...), oof.csv, cv.json, ensemble.json
+                   config:RunConfig|None=None, # the configuration of every fold's run; `fit.cv_folds` folds (default: all in the manifest), `fit.cv_seeds` seeds of each
                    select:str='last', # model that predicts its fold: 'last' epoch, or 'best' val AUROC (optimistic: chosen on that fold)
                    resume:bool=False, # keep the folds that finished in an earlier run into `out`, continue an interrupted one from its last.ckpt
                    progress:bool=True, log_images:bool=True, limit_batches=None, # passed to `train`
                    **overrides, # fields of `config` to change, by name
                   )->CVResult:
-    "Train one model per fold, predict each fold with the model that did not see it, pool the predictions; write the fold models' ensemble."
+    "Train one model per fold (and seed), predict each fold with the models that did not see it, pool the predictions; write the fold models' ensemble."
     cfg = (config or RunConfig()).override(**overrides)
     out = Path(out); m = load_manifest(cache)
     k_all = int(m.fold.max()) + 1
     folds = cfg.fit.cv_folds or k_all
     if select not in ('last', 'best'): raise ValueError(f"select must be 'last' or 'best', not {select!r}")
     if not 2 <= folds <= k_all: raise ValueError(f'folds must be between 2 and {k_all} (the folds in {cache}), not {folds}')
-    ran = run_folds(cache, out, cfg, list(range(folds)), select, manifest=m, resume=resume, say=print, progress=progress, log_images=log_images,
-                    limit_batches=limit_batches)
-    rows = [dict(fold=f.fold, patients=len(f.predictions), auroc=auroc(f.predictions.Target, f.predictions.probability),
-                 average_precision=average_precision(f.predictions.Target, f.predictions.probability)) for f in ran.folds]   # what the pooled figures are made of
-    oof, pooled = ran.oof, ran.pooled
-    z = logits_of(oof.probability)   # each patient's logit from the fold model that did not train on it (its own calibration applied)
+    runs, places = [], cv_folders(out, cfg)
+    for j, (seed, where) in enumerate(places):
+        say = print if len(places) == 1 else (lambda line, j=j, seed=seed: print(f'seed {j + 1} of {len(places)} ({seed}), {line}'))
+        runs.append(run_folds(cache, where, cfg.override(seed=seed, cv_seeds=1), list(range(folds)), select, manifest=m, resume=resume, say=say,
+                              progress=progress, log_images=log_images, limit_batches=limit_batches))
+    trained = [f for r in runs for f in r.folds]   # the members, seed by seed
+    if len(runs) == 1: oof, pooled, seeds = runs[0].oof, runs[0].pooled, None
+    else:
+        oof = _mean_oof([r.oof for r in runs]); atomic_write(out/'oof.csv', oof.to_csv(index=False))
+        pooled = pooled_metrics(oof.Target, oof.probability, cfg.evaluate.target)
+        seeds = pd.DataFrame([dict(seed=s, auroc=r.pooled['auroc'], average_precision=r.pooled['average_precision']) for (s, _), r in zip(places, runs)])
+    rows = [dict(fold=k, patients=len(g), auroc=auroc(g.Target, g.probability), average_precision=average_precision(g.Target, g.probability))
+            for k, g in oof.groupby('fold', sort=True)]   # what the pooled figures are made of
+    z = logits_of(oof.probability)   # each patient's logit from the fold models that did not train on it (the mean probability of its seeds')
     cal, no_cal = _calibration_or_none(oof.Target, z, cfg, 'oof', 'cross_validate')
     thr = _threshold_or_none(oof.Target, 1 / (1 + np.exp(-calibrated(z, cal))), cfg, 'oof', 'cross_validate')
-    ens = write_ensemble(out/ENSEMBLE_FILE, [f.checkpoint for f in ran.folds], thr, n=len(oof), digests=[f.digest for f in ran.folds], oof=out/'oof.csv',
+    ens = write_ensemble(out/ENSEMBLE_FILE, [f.checkpoint for f in trained], thr, n=len(oof), digests=[f.digest for f in trained], oof=out/'oof.csv',
                          by='cross_validate', calibration=cal)
-    res = CVResult(pd.DataFrame(rows), oof, pooled, thr, ens, select, cal, no_cal)
+    res = CVResult(pd.DataFrame(rows), oof, pooled, thr, ens, select, cal, no_cal, seeds)
     atomic_write(out/'cv.json', json.dumps(dict(pooled=pooled, folds=rows, select=select, optimistic=select == 'best', threshold=None if thr is None else dataclasses.asdict(thr),
-                                                calibration=None if cal is None else dataclasses.asdict(cal), ensemble=ENSEMBLE_FILE), indent=2))
+                                                calibration=None if cal is None else dataclasses.asdict(cal), ensemble=ENSEMBLE_FILE,
+                                                seeds=[s for s, _ in places], seed_pooled=None if seeds is None else seeds.to_dict('records')), indent=2))
     return res

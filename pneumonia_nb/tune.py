@@ -52,7 +52,7 @@ from .config import ConfigError, PneumoniaError, RunConfig, atomic_write, config
 from .cache import load_manifest, load_stats
 
 # %% ../nbs/10_tune.ipynb #d789569a
-from .training import FoldCallback, TrainingDiverged, config_differences, cross_validate, run_folds, train
+from .training import FoldCallback, TrainingDiverged, config_differences, cross_validate, cv_folders, run_folds, train
 
 # %% ../nbs/10_tune.ipynb #080cbcab
 from .evaluation import evaluate
@@ -367,7 +367,7 @@ def tune(cache, # cache folder written by `preprocess`; its test split is kept o
     t0 = time.time()
     cache, out = Path(cache), Path(out)
     base = dataclasses.replace(config or RunConfig(), cache=str(cache.resolve()), data=None)
-    base = base.override(fold=None, cv_folds=None, size=int(load_stats(cache)['size']))   # the configuration says what it trains on
+    base = base.override(fold=None, cv_folds=None, cv_seeds=1, size=int(load_stats(cache)['size']))   # the configuration says what it trains on
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1: raise ConfigError('trials', f'must be at least 1, not {trials!r}')
     if final not in ('best', 'both', 'none'): raise ConfigError('final', f"must be 'best', 'both' or 'none', not {final!r}")
     if timeout is not None and not timeout > 0: raise ConfigError('timeout', f'must be a positive number of seconds, not {timeout!r}')
@@ -536,10 +536,10 @@ def _test_row(trained, ev, cfg:RunConfig)->dict:
                 val_auroc=float(chosen), test_patients=len(pr), ensemble=bool(cfg.fit.cv_folds))
 
 def _recorded(out:Path, protocol:str, cfg:RunConfig)->tuple:
-    "(the config.yaml a finished job left, what it holds when the job was `cfg`'s, the folder of its folds or None)"
+    "(the config.yaml a finished job left, what it holds when the job was `cfg`'s, the folders of its fold runs (one a seed) or None)"
     if protocol == 'holdout' and not cfg.fit.cv_folds: return out/'train'/'config.yaml', cfg, None
-    runs = out/'train' if protocol == 'holdout' else out
-    return runs/'fold_0'/'config.yaml', cfg.override(fold=0, cv_folds=None), runs   # each fold's run records its own fold
+    runs = cv_folders(out/'train' if protocol == 'holdout' else out, cfg)   # each seed's folder of fold runs
+    return runs[0][1]/'fold_0'/'config.yaml', cfg.override(fold=0, cv_folds=None, cv_seeds=1), [f for _, f in runs]   # each fold's run records its own fold and seed
 
 def _check_finished(done:Path, protocol:str, cfg:RunConfig, cache:Path):
     "Refuse to reuse a result that another configuration (or another number of folds) made: a renamed recipe never inherits another's figures."
@@ -550,8 +550,8 @@ def _check_finished(done:Path, protocol:str, cfg:RunConfig, cache:Path):
     diff = config_differences(load_config(path), want, cache)
     if runs is not None:
         k = cfg.fit.cv_folds or int(load_manifest(cache).fold.max()) + 1
-        ran = sum(1 for f in runs.glob('fold_*') if f.is_dir())
-        if ran != k: diff.append(f'folds {ran}, now {k}')
+        ran = [sum(1 for f in r.glob('fold_*') if f.is_dir()) for r in runs]
+        if ran != [k] * len(runs): diff.append(f"folds {', '.join(map(str, ran))}, now {k}")
     if diff: raise PneumoniaError(done, 'was made with another configuration (' + ', '.join(diff[:4]) + (', ...' if len(diff) > 4 else '')
                                         + '): give the recipe another name, or delete its folder to run it again')
 

@@ -79,9 +79,11 @@ def _recipe_help()->str:
     def changes(name): return ', '.join(f'{g}.{k} {v}' for g, d in recipe(name).to_dict().items() if isinstance(d, dict) for k, v in d.items() if base[g][k] != v)
     return (f"The starting configuration ({', '.join(RECIPES)}), which --config files and options change. The defaults shown are the 'default' "
             f"recipe's, used with --data or --cache; without them the 'demo' recipe is used ({changes('demo')}); 'original' is the original "
-            f"example's ({changes('original')}); 'ensemble' trains the default recipe as one ensemble of fold models ({changes('ensemble')}), "
-            "five times the training time, its threshold chosen on the pooled out-of-fold predictions; like 'default' it reads 224² images, "
-            "the size ImageNet weights are trained at (from random weights on few patients it ranked as well at --preprocess.size 128, in half the time, and was better calibrated at 224²).")
+            f"example's ({changes('original')}); 'ensemble' trains the default recipe as one ensemble of fold models ({changes('ensemble')}): "
+            "two seeds of each of five fold models, ten models in about ten times the training time, its calibration and threshold chosen on the "
+            "out-of-fold predictions (each patient's the mean of the two models of its fold that never saw it); like 'default' it reads 224² images, "
+            "the size ImageNet weights are trained at (from random weights on few patients the 5-fold ensemble ranked as well at --preprocess.size 128, "
+            "in half the time, and was better calibrated at 224²).")
 
 # %% ../nbs/08_cli.ipynb #2c9f476b
 class _ConfigFile(ActionConfigFile):

@@ -458,10 +458,12 @@ def _plots(study, out:Path)->tuple:
     return notes, imp
 
 # %% ../nbs/10_tune.ipynb #02444393
-def _on_test_split(cache:Path, out:Path, cfg:RunConfig)->tuple:
+def _on_test_split(cache:Path, out:Path, cfg:RunConfig,
+                   resume:bool=False, # a fold ensemble keeps the folds an interrupted run finished (checked as `cross_validate` checks them)
+                  )->tuple:
     "(the training's result, evaluate's result): `cfg` trained as a user runs it, reported on the test split: one model on the train/validation split, or with `fit.cv_folds` the fold ensemble of the same patients."
     if cfg.fit.cv_folds:
-        with contextlib.redirect_stdout(io.StringIO()): r = cross_validate(cache, out, cfg, progress=False, log_images=False)   # its lines per fold
+        with contextlib.redirect_stdout(io.StringIO()): r = cross_validate(cache, out, cfg, resume=resume, progress=False, log_images=False)   # its lines per fold
         model = r.ensemble
     else:
         r = train(cache, out, cfg, progress=False, log_images=False); model = r.best_checkpoint or r.last_checkpoint
@@ -556,18 +558,19 @@ def _check_finished(done:Path, protocol:str, cfg:RunConfig, cache:Path):
                                         + '): give the recipe another name, or delete its folder to run it again')
 
 def _compare_job(job:tuple)->dict:
-    "One recipe, one seed, one protocol; the result is written to the job's folder and returned (a finished one is reused once it is shown to be this job's)."
+    "One recipe, one seed, one protocol; the result is written to the job's folder and returned (a finished one is reused once it is shown to be this job's; an interrupted fold ensemble keeps its finished folds)."
     protocol, name, cfg_dict, seed, cache, out = job
     done, cfg = Path(out)/'result.json', config_from_dict(cfg_dict, name).override(seed=seed)
     if done.is_file(): _check_finished(done, protocol, cfg, Path(cache)); return json.loads(done.read_text())
-    t0 = time.time()
+    folds = protocol == 'cv' or bool(cfg.fit.cv_folds)   # fold runs, which can be kept one by one (a single model starts again)
+    t0, interrupted = time.time(), folds and Path(out).is_dir()   # a folder without result.json: a run that stopped before its end
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        if protocol == 'cv': cv = cross_validate(cache, out, cfg, select='last', progress=False, log_images=False)
-        else: t, ev = _on_test_split(Path(cache), Path(out)/'train', cfg)
+        if protocol == 'cv': cv = cross_validate(cache, out, cfg, select='last', resume=interrupted, progress=False, log_images=False)
+        else: t, ev = _on_test_split(Path(cache), Path(out)/'train', cfg, resume=interrupted)
     if protocol == 'cv': r = {k: float(v) for k, v in cv.pooled.items() if not k.startswith('threshold')}
     else: r = _test_row(t, ev, cfg)
-    r = dict(recipe=name, seed=seed, protocol=protocol, minutes=round((time.time() - t0) / 60, 2), **r)
+    r = dict(recipe=name, seed=seed, protocol=protocol, minutes=round((time.time() - t0) / 60, 2), resumed=interrupted, **r)   # minutes: this call's
     atomic_write(done, json.dumps(r, indent=2))
     return r
 

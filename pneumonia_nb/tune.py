@@ -562,8 +562,9 @@ def _compare_job(job:tuple)->dict:
     protocol, name, cfg_dict, seed, cache, out = job
     done, cfg = Path(out)/'result.json', config_from_dict(cfg_dict, name).override(seed=seed)
     if done.is_file(): _check_finished(done, protocol, cfg, Path(cache)); return json.loads(done.read_text())
-    folds = protocol == 'cv' or bool(cfg.fit.cv_folds)   # fold runs, which can be kept one by one (a single model starts again)
-    t0, interrupted = time.time(), folds and Path(out).is_dir()   # a folder without result.json: a run that stopped before its end
+    # a folder without result.json is a run that stopped before its end: fold runs are kept one by one, a single model starts again
+    interrupted = Path(out).is_dir() and _recorded(Path(out), protocol, cfg)[2] is not None
+    t0 = time.time()
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         if protocol == 'cv': cv = cross_validate(cache, out, cfg, select='last', resume=interrupted, progress=False, log_images=False)
